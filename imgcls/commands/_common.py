@@ -32,7 +32,7 @@ def common_options(func: Callable) -> Callable:
                         help="Show full tracebacks for errors (also IMGCLS_DEBUG=1).")(func)
     func = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet,
                         help="Only warnings and errors on stderr.")(func)
-    func = click.option("-v", "--verbose", count=True, expose_value=False, callback=_set_verbose,
+    func = click.option("-v", "--verbose", count=True, expose_value=False, callback=_set_verbose, show_default=False,
                         help="More detail on stderr (repeat for more).")(func)
     return func
 

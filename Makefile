@@ -1,0 +1,32 @@
+# Two commands for a fresh machine (see README.md):
+#   make demo   installs into .venv, then runs prepare | train | eval and predict on the built-in sample
+#   make test   installs into .venv (with the test extra), then runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO ?= demo
+
+.PHONY: install test test-all demo man clean
+
+$(BIN)/.imgcls-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,plots]'
+	touch $@
+
+install: $(BIN)/.imgcls-installed
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-all: install
+	$(BIN)/python -m pytest -q -m ''
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" sh examples/demo.sh $(DEMO)
+
+man: install
+	$(BIN)/python -m imgcls.manpage --write man
+
+clean:
+	rm -rf $(VENV) $(DEMO) runs

@@ -1,0 +1,90 @@
+"""Conventions every command shares: help, version, errors, no torch on the fast path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import imgcls
+
+
+def run_imgcls(*args, input=None, env=None):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "imgcls", *args], input=input, capture_output=True,
+                          text=True, env=full_env, timeout=120)
+
+
+def test_cli_version(invoke):
+    result = invoke(["--version"])
+    assert result.exit_code == 0
+    assert imgcls.__version__ in result.stdout
+
+
+def test_cli_help_lists_commands_in_pipeline_order(invoke):
+    result = invoke(["--help"])
+    assert result.exit_code == 0
+    listed = [line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    order = ["prepare", "augment", "train", "finetune", "eval", "perturb", "predict"]
+    present = [c for c in order if c in listed]
+    assert present == [c for c in listed if c in order]
+
+
+def test_cli_unknown_command_is_usage_error(invoke):
+    result = invoke(["frobnicate"])
+    assert result.exit_code == 2
+    assert "No such command" in result.stderr
+
+
+def test_cli_help_does_not_import_torch():
+    code = ("import sys\nfrom imgcls.cli import cli\n"
+            "try:\n    cli.main(['--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'torchvision' in sys.modules, 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False False False"
+
+
+def test_cli_python_dash_m_works():
+    result = run_imgcls("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("imgcls, version")
+
+
+def test_cli_domain_error_is_one_line_without_traceback(tmp_path):
+    from click.testing import CliRunner
+
+    from imgcls.cli import ImgclsGroup, cli
+    from imgcls.errors import DataError, UsageProblem
+
+    import click
+
+    group = ImgclsGroup(name="t", commands={})
+
+    @group.command("bad")
+    def bad():
+        raise DataError(f"{tmp_path}/m.jsonl:3: broken")
+
+    @group.command("usage")
+    def usage():
+        raise UsageProblem("--val must be below 1")
+
+    @group.command("crash")
+    def crash():
+        raise ZeroDivisionError("division by zero")
+
+    # these test commands are added to a fresh group, so list/get must see them
+    group.list_commands = lambda ctx: ["bad", "usage", "crash"]  # type: ignore[method-assign]
+    group.get_command = lambda ctx, name: click.Group.get_command(group, ctx, name)  # type: ignore[method-assign]
+    runner = CliRunner()
+    res = runner.invoke(group, ["bad"])
+    assert res.exit_code == 1
+    assert res.stderr.strip() == f"Error: {tmp_path}/m.jsonl:3: broken"
+    res = runner.invoke(group, ["usage"])
+    assert res.exit_code == 2
+    assert "--val must be below 1" in res.stderr
+    res = runner.invoke(group, ["crash"])
+    assert res.exit_code == 1
+    assert "Traceback" not in res.stderr
+    assert "internal error: ZeroDivisionError" in res.stderr
+    assert "--debug" in res.stderr
