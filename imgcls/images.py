@@ -52,6 +52,9 @@ class ImageRejected(DataError):
         self.reason = reason
         self.detail = message
 
+    def __reduce__(self):  # survives the trip back from a worker process
+        return (type(self), (self.path, self.reason, self.detail))
+
 
 def open_image(path: str | os.PathLike, draft_size: tuple[int, int] | None = None):
     """Open and fully decode an image, EXIF orientation applied.
@@ -78,9 +81,8 @@ def open_image(path: str | os.PathLike, draft_size: tuple[int, int] | None = Non
                 if draft_size is not None and img.format == "JPEG":
                     img.draft(img.mode, draft_size)
                 img.load()
-                img = ImageOps.exif_transpose(img) or img
-                img.load()
-                return img.copy() if img.fp is not None else img
+                # a transposed copy, or a plain copy: either way detached from the file
+                return ImageOps.exif_transpose(img)
     except ImageRejected:
         raise
     except FileNotFoundError:
@@ -125,3 +127,26 @@ def to_mode(img, channels: int):
 def channels_of_mode(mode: str) -> int:
     """1 for grayscale-like modes, 3 otherwise."""
     return 1 if mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+
+
+def image_to_uint8(img, image_size: int, channels: int):
+    """Channels converted, resized to a square ``image_size`` (bilinear), as HxWxC uint8.
+
+    This is the model's preprocessing up to normalisation: train, eval and predict
+    all go through it, so the same image gives the same input everywhere.
+    """
+    import numpy as np
+    from PIL import Image
+
+    img = to_mode(img, channels)
+    if img.size != (image_size, image_size):
+        img = img.resize((image_size, image_size), Image.BILINEAR)
+    array = np.asarray(img, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return array
+
+
+def load_uint8(path: str | os.PathLike, image_size: int, channels: int):
+    """Decode one image file to uint8 of shape (image_size, image_size, channels)."""
+    return image_to_uint8(open_image(path, draft_size=(image_size, image_size)), image_size, channels)

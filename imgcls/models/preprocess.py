@@ -8,31 +8,7 @@ caches store compact decoded images and lets normalisation run on the device.
 
 from __future__ import annotations
 
-import os
-
-import numpy as np
-
-from imgcls.images import open_image, to_mode
-
-
-def load_uint8(path: str | os.PathLike, image_size: int, channels: int) -> np.ndarray:
-    """Decode one image to uint8 of shape (image_size, image_size, channels)."""
-    from PIL import Image
-
-    img = open_image(path, draft_size=(image_size, image_size))
-    return image_to_uint8(img, image_size, channels)
-
-
-def image_to_uint8(img, image_size: int, channels: int) -> np.ndarray:
-    from PIL import Image
-
-    img = to_mode(img, channels)
-    if img.size != (image_size, image_size):
-        img = img.resize((image_size, image_size), Image.BILINEAR)
-    array = np.asarray(img, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return array
+from imgcls.images import image_to_uint8, load_uint8  # noqa: F401  (the torch-free half lives there)
 
 
 def normalize(batch, mean, std):
