@@ -40,8 +40,11 @@ class ImgclsGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in _available_commands():
             return None
-        module = import_module(f"imgcls.commands.{cmd_name}")
-        return module.command
+        command = import_module(f"imgcls.commands.{cmd_name}").command
+        if not getattr(command, "_imgcls_usage_wrapped", False):
+            command.invoke = _usage_errors_in_context(command.invoke)
+            command._imgcls_usage_wrapped = True
+        return command
 
     def main(self, *args, **kwargs):
         reset_settings()
@@ -77,6 +80,20 @@ class ImgclsGroup(click.Group):
             raise click.ClickException(
                 f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
             ) from None
+
+
+def _usage_errors_in_context(invoke):
+    """A UsageProblem raised by a subcommand shows that subcommand's usage line."""
+
+    def wrapped(ctx: click.Context):
+        try:
+            return invoke(ctx)
+        except UsageProblem as exc:
+            if settings.debug:
+                raise
+            raise click.UsageError(str(exc), ctx=ctx) from None
+
+    return wrapped
 
 
 def _silence_stdout() -> None:

@@ -50,8 +50,8 @@ def open_input(source: str):
     from imgcls.errors import UsageProblem
 
     if source == "-":
-        stream = click.get_text_stream("stdin")
-        if stream.isatty():
+        stream = sys.stdin  # CliRunner swaps sys.stdin, so tests feed it too
+        if stream is None or stream.isatty():
             raise UsageProblem("no manifest given: pass a manifest file or pipe one in (e.g. imgcls prepare DIR | ...)")
         return stream
     return source
