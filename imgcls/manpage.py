@@ -105,7 +105,8 @@ def options_roff(command: click.Command, ctx: click.Context) -> str:
     out = []
     for param in command.get_params(ctx):
         record = param.get_help_record(ctx)
-        if record is None:
+        # click >= 8.2 gives arguments a help record with empty help: SYNOPSIS already names them
+        if record is None or (isinstance(param, click.Argument) and not record[1]):
             continue
         opts, help_text = record
         out.append(".TP")
@@ -168,6 +169,10 @@ def generate(src_dir: Path) -> dict[str, str]:
         command = cli.get_command(root_ctx, name)
         ctx = click.Context(command, info_name=f"imgcls {name}", parent=root_ctx, **command.context_settings)
         extra = hand_written(f"imgcls-{name}")
+        # tables a command builds from its library's constants (ops, severities) cannot drift
+        module = sys.modules.get(command.callback.__module__) if command.callback else None
+        for key, body in getattr(module, "man_sections", lambda: {})().items():
+            extra.setdefault(key, body_to_roff(body))
         description = body_to_roff(_help_text(command))
         if "DESCRIPTION" in extra:
             description += "\n" + extra.pop("DESCRIPTION")

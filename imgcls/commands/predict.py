@@ -1,0 +1,119 @@
+"""imgcls predict: labels for new images with a trained model."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from imgcls.commands._common import common_options
+
+
+@click.command("predict")
+@click.argument("inputs", nargs=-1, metavar="[IMAGE|FOLDER|MANIFEST|-]...")
+@click.option("-m", "--model", metavar="FILE|RUN_DIR",
+              help="Model file or run folder. Default: $IMGCLS_MODEL, else runs/latest in the current folder.")
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many labels (with probabilities) to give per image.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON line per image even on a terminal (the default when stdout is piped): "
+                   '{"path", "label", "prob", "top_k": [{"label", "prob"}, ...]}; an unreadable image gives '
+                   '{"path", "error", "reason"}.')
+@click.option("--table", "as_table", is_flag=True, help="A table for people even when stdout is piped.")
+@click.option("--tta", is_flag=True, help="Test-time augmentation: average with a horizontally flipped view.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per inference batch.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Image-decoding threads (0: decode in the main thread). Default: min(4, CPU count); "
+                   "a single image is always decoded in the main thread.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
+@common_options
+def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: bool, as_table: bool, tta: bool,
+            batch_size: int, workers: int | None, device: str) -> None:
+    """Predict labels of images with a trained model.
+
+    \b
+      imgcls predict photo.jpg
+      imgcls predict holiday/ --top-k 5 --model runs/latest
+      find . -name '*.jpg' | imgcls predict - | jq -r 'select(.prob > 0.9) | .path'
+
+    INPUTS are image files, folders (searched recursively for image files; hidden
+    files and folders skipped), manifests (.jsonl/.json, or any file starting with
+    '{'), or '-' for paths on stdin, one per line (a manifest piped in works too).
+    With no INPUTS and a pipe on stdin, '-' is assumed.
+
+    The model is --model, else $IMGCLS_MODEL, else runs/latest; stderr says which.
+    Each image is preprocessed exactly as the model was trained (size, channels,
+    mean/std from its file), so predict and eval give the same probabilities;
+    grayscale and colour images are converted to the model's channels.
+
+    On a terminal the results are a table; piped (or --json) one JSON line per image
+    in input order. An unreadable image gets an error line; the others are still
+    predicted and the exit status is 1 at the end.
+    """
+    from imgcls.console import detail, info, warn
+    from imgcls.errors import DataError, UsageProblem
+    from imgcls.evaluation.predicting import gather_inputs, resolve_model
+
+    if as_json and as_table:
+        raise UsageProblem("--json and --table exclude each other")
+    if not inputs:
+        if sys.stdin.isatty():
+            raise UsageProblem("no images given: pass image files, folders, a manifest, or '-' for paths on stdin")
+        inputs = ("-",)
+    model_path, source = resolve_model(model)
+    paths, notes = gather_inputs(inputs, stdin=sys.stdin)
+    for note in notes:
+        warn(note)
+    if not paths:
+        raise DataError("no images to predict: " + "; ".join(notes or ["the inputs list no image"]))
+
+    from imgcls.evaluation.inference import predict_batches, resolve_device
+    from imgcls.evaluation.predicting import rows_in_order
+    from imgcls.evaluation.progress import progress_bar
+    from imgcls.models.io import load_model
+
+    device = resolve_device(device)
+    net, minfo = load_model(model_path, device)
+    info(f"model: {model_path} (from {source}; {minfo.arch}, {len(minfo.classes)} classes, "
+         f"{minfo.image_size} px, {minfo.channels} ch)")
+    detail(f"{len(paths)} images, device {device}" + (", TTA" if tta else ""))
+    k = min(top_k, len(minfo.classes))
+    table_mode = as_table or (not as_json and sys.stdout.isatty())
+    n_errors = 0
+    rows = []
+    with progress_bar(len(paths), "predict", min_total=batch_size + 1) as advance:
+        batches = predict_batches(net, minfo, paths, batch_size=batch_size, device=device, workers=workers, tta=tta,
+                                  on_batch=advance)
+        for row in rows_in_order(batches, paths, minfo.classes, k):
+            n_errors += "error" in row
+            if table_mode:
+                rows.append(row)
+            else:
+                click.echo(json.dumps(row, ensure_ascii=False))
+    if table_mode:
+        _print_table(rows, k)
+    if n_errors:
+        raise DataError(f"{n_errors} of {len(paths)} images could not be read (see their error lines)")
+
+
+def _print_table(rows: list[dict], k: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("image", overflow="fold")
+    table.add_column("label")
+    table.add_column("prob", justify="right")
+    if k > 1:
+        table.add_column(f"next {k - 1}")
+    for row in rows:
+        if "error" in row:
+            cells = [row["path"], "[red]error[/]", "", f"[red]{row['error']}[/]"]
+        else:
+            others = ", ".join(f"{t['label']} {t['prob']:.2f}" for t in row["top_k"][1:])
+            cells = [row["path"], f"[bold]{row['label']}[/]", f"{row['prob']:.3f}", others]
+        table.add_row(*cells[: 4 if k > 1 else 3])
+    Console(file=sys.stdout, highlight=False).print(table)

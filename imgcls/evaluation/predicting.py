@@ -1,0 +1,135 @@
+"""``imgcls predict``: which model, which images, and what one output line holds.
+
+Kept free of torch, scikit-learn and rich at import time: ``imgcls predict one.jpg``
+should cost little more than importing torch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from imgcls.errors import ModelError
+
+MODEL_ENV = "IMGCLS_MODEL"
+LATEST = Path("runs") / "latest"
+MANIFEST_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def resolve_model(option: str | None, environ: Mapping[str, str] | None = None,
+                  cwd: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The model file to use and where the choice came from: --model, then $IMGCLS_MODEL, then runs/latest."""
+    from imgcls.models.io import resolve_model_path
+
+    environ = os.environ if environ is None else environ
+    if option:
+        given, source = Path(option), "--model"
+    elif environ.get(MODEL_ENV):
+        given, source = Path(environ[MODEL_ENV]), f"${MODEL_ENV}"
+    else:
+        base = Path(cwd) if cwd is not None else Path.cwd()
+        given, source = base / LATEST, "runs/latest"
+        if not given.exists():
+            raise ModelError(f"no model: pass --model FILE|RUN_DIR, set {MODEL_ENV}, or run from a folder whose "
+                               f"runs/latest points at a run (imgcls train makes it); {given} does not exist")
+    path = resolve_model_path(given)
+    if not path.exists():
+        what = "a folder without model.safetensors" if given.is_dir() else "no such model file"
+        raise ModelError(f"{given} (from {source}): {what}")
+    return path, source
+
+
+def _looks_like_manifest(path: Path) -> bool:
+    if path.suffix.lower() in MANIFEST_SUFFIXES:
+        return True
+    from imgcls.images import is_image_name
+
+    if is_image_name(path):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256).lstrip()
+    except OSError:
+        return False
+    return head.startswith(b"{")
+
+
+def _manifest_paths(source: str | os.PathLike | TextIO, name: str | None = None) -> list[str]:
+    from imgcls.manifest import ManifestReader
+
+    reader = ManifestReader(source, name=name)
+    return [str(reader.resolve(record)) for record in reader]
+
+
+def _folder_images(folder: Path) -> list[str]:
+    """Image files under ``folder``, recursively, sorted; hidden files and folders skipped."""
+    from imgcls.images import is_image_name
+
+    found = []
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and is_image_name(name):
+                found.append(str(Path(parent) / name))
+    return found
+
+
+def _stdin_paths(text: str) -> list[str]:
+    """Paths one per line, or a whole manifest piped in (first line starts with '{')."""
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        return _manifest_paths(io.StringIO(text), name="<stdin>")
+    return [line.rstrip("\r\n") for line in text.splitlines() if line.strip()]
+
+
+def gather_inputs(inputs: Sequence[str], stdin: TextIO | None = None) -> tuple[list[str], list[str]]:
+    """Expand files, folders, manifests and '-' into image paths, in the order given.
+
+    Returns (paths, notes). A path that does not exist stays in the list: it becomes an
+    error line of its own, so the other images are still predicted.
+    """
+    import sys
+
+    paths: list[str] = []
+    notes: list[str] = []
+    for item in inputs:
+        if item == "-":
+            stream = stdin if stdin is not None else sys.stdin
+            paths.extend(_stdin_paths(stream.read()))
+            continue
+        path = Path(item)
+        if path.is_dir():
+            found = _folder_images(path)
+            if not found:
+                notes.append(f"{item}: no image files in this folder")
+            paths.extend(found)
+        elif path.is_file() and _looks_like_manifest(path):
+            paths.extend(_manifest_paths(path))
+        else:
+            paths.append(item)
+    return paths, notes
+
+
+def result_row(path: str, probs: Sequence[float], classes: Sequence[str], top_k: int) -> dict[str, Any]:
+    """{"path", "label", "prob", "top_k": [{"label", "prob"}, ...]} for one image."""
+    order = sorted(range(len(classes)), key=lambda i: -probs[i])[: max(1, top_k)]
+    best = order[0]
+    return {"path": path, "label": classes[best], "prob": float(probs[best]),
+            "top_k": [{"label": classes[i], "prob": float(probs[i])} for i in order]}
+
+
+def error_row(path: str, reason: str, message: str) -> dict[str, Any]:
+    """{"path", "error", "reason"} for an image that could not be read."""
+    return {"path": path, "error": message, "reason": reason}
+
+
+def rows_in_order(batches: Iterable, paths: Sequence[str], classes: Sequence[str], top_k: int) -> Iterable[dict]:
+    """Result and error rows of ``predict_batches`` output, merged back into input order."""
+    for batch in batches:
+        rows = [(i, result_row(paths[i], p, classes, top_k)) for i, p in zip(batch.indices, batch.probs)]
+        rows += [(e.index, error_row(paths[e.index], e.reason, e.message)) for e in batch.errors]
+        for _, row in sorted(rows, key=lambda pair: pair[0]):
+            yield row

@@ -1,0 +1,365 @@
+"""imgcls eval: metrics, reports, schema, robustness grouping, comparison, label matching."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _eval_helpers import CLASSES, save_constant_model, save_trained_model, schema_errors, write_manifest_file
+from conftest import make_class_folder, read_jsonl
+
+SCHEMA = Path(__file__).resolve().parent.parent / "docs" / "eval-json-schema.json"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """18 images (3 classes x 6), a model that gets them all right, and a constant one."""
+    root = tmp_path_factory.mktemp("evalworld")
+    make_class_folder(root / "shapes", per_class=6)
+    images = sorted((root / "shapes").rglob("*.png"))
+    labels = [p.parent.name for p in images]
+    run = root / "runs" / "perfect"
+    run.mkdir(parents=True)
+    perfect = save_trained_model(run / "model.safetensors", images, labels)
+    history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5 + e / 10, "val_loss": 1.2 / e,
+                "val_acc": 0.4 + e / 10, "lr": 0.01, "seconds": 0.1} for e in (1, 2, 3)]
+    (run / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    constant = save_constant_model(root / "constant.safetensors", winner=1)
+    records = [{"path": str(p), "label": label, "split": "test"} for p, label in zip(images, labels)]
+    return {"root": root, "images": images, "labels": labels, "perfect": perfect, "constant": constant,
+            "records": records}
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Each test gets its own decoded-image cache, never the user's."""
+    monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def eval_json(invoke, args, **kwargs):
+    result = invoke(["eval", *args, "--json"], **kwargs)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout), result
+
+
+def test_eval_perfect_model_from_header(invoke, world, tmp_path):
+    manifest = write_manifest_file(tmp_path / "m.jsonl", world["records"], model=str(world["perfect"]))
+    doc, result = eval_json(invoke, [manifest])
+    report = doc["models"][0]
+    assert report["model"]["path"] == str(world["perfect"])
+    assert report["model"]["name"] == "perfect"
+    assert report["n_images"] == 18
+    m = report["metrics"]
+    assert m["accuracy"] == 1.0 and m["balanced_accuracy"] == 1.0 and m["macro_f1"] == 1.0
+    assert m["top_k"] == 2 and m["top_k_accuracy"] == 1.0
+    assert report["confusion_matrix"]["counts"] == [[6, 0, 0], [0, 6, 0], [0, 0, 6]]
+    assert report["errors"] == {"n_errors": 0, "most_confident": [], "confused_pairs": [], "never_predicted": []}
+    assert report["robustness"] is None
+    assert "accuracy" in result.stderr and "100.0%" in result.stderr and "never predicted" not in result.stderr
+
+
+def test_eval_constant_model_calls_out_never_predicted(invoke, world, tmp_path):
+    manifest = write_manifest_file(tmp_path / "m.jsonl", world["records"])
+    doc, result = eval_json(invoke, [manifest, "--model", world["constant"]])
+    report = doc["models"][0]
+    assert report["metrics"]["accuracy"] == pytest.approx(1 / 3)
+    assert report["errors"]["never_predicted"] == ["circle", "stripe"]
+    assert [c["predicted"] for c in report["per_class"]] == [0, 18, 0]
+    assert report["confusion_matrix"]["counts"] == [[0, 6, 0], [0, 6, 0], [0, 6, 0]]
+    pairs = {(p["true"], p["pred"]): p["count"] for p in report["errors"]["confused_pairs"]}
+    assert pairs == {("circle", "square"): 6, ("stripe", "square"): 6}
+    worst = report["errors"]["most_confident"]
+    assert len(worst) == 10 and all(w["pred"] == "square" and w["true"] != "square" for w in worst)
+    assert worst[0]["prob"] == pytest.approx(np.exp(3) / (np.exp(3) + 2), rel=1e-5)
+    assert "never predicted 2 of 3 classes: circle, stripe" in result.stderr
+    assert "most confident mistakes" in result.stderr and "confusion matrix" in result.stderr
+
+
+def _mixed_records(world):
+    """Perfect model, but every third record mislabelled: predictions disagree with labels in a known way."""
+    records = []
+    for i, r in enumerate(world["records"]):
+        label = r["label"]
+        if i % 3 == 0:
+            label = CLASSES[(CLASSES.index(label) + 1 + i % 2) % 3]
+        records.append({**r, "label": label})
+    return records
+
+
+@pytest.mark.parametrize("cache", ["--no-cache", "cache"])
+def test_eval_metrics_agree_with_sklearn(invoke, world, tmp_path, cache):
+    from sklearn import metrics as skm
+
+    manifest = write_manifest_file(tmp_path / "m.jsonl", _mixed_records(world))
+    preds_file = tmp_path / "preds.jsonl"
+    options = [cache] if cache.startswith("--") else []
+    doc, _ = eval_json(invoke, [manifest, "-m", world["perfect"], "--predictions", preds_file, "--bins", "10",
+                                *options])
+    assert doc["settings"]["cache"] is (cache == "cache")
+    lines = read_jsonl(preds_file.read_text())
+    header, preds = lines[0], lines[1:]
+    assert header["format"] == "imgcls-manifest" and header["classes"] == CLASSES
+    assert header["predictions"]["model"] == str(world["perfect"])
+    assert len(preds) == 18 and all(set(p) >= {"path", "label", "split", "pred", "prob", "probs"} for p in preds)
+    y_true = [p["label"] for p in preds]
+    y_pred = [p["pred"] for p in preds]
+    probs = np.array([[p["probs"][c] for c in CLASSES] for p in preds])
+    assert all(p["prob"] == max(p["probs"].values()) for p in preds)
+
+    m = doc["models"][0]["metrics"]
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+    assert 0.5 < m["accuracy"] < 0.9
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"))
+    assert m["weighted_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average="weighted"))
+    assert m["macro_precision"] == pytest.approx(skm.precision_score(y_true, y_pred, average="macro"))
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y_true, probs, labels=CLASSES), rel=1e-6)
+    assert m["top_k_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y_true, probs, k=2, labels=CLASSES))
+    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=CLASSES)
+    per_class = doc["models"][0]["per_class"]
+    assert [c["class"] for c in per_class] == CLASSES
+    assert [c["precision"] for c in per_class] == pytest.approx(list(p))
+    assert [c["recall"] for c in per_class] == pytest.approx(list(r))
+    assert [c["f1"] for c in per_class] == pytest.approx(list(f))
+    assert [c["support"] for c in per_class] == list(s)
+    cm = skm.confusion_matrix(y_true, y_pred, labels=CLASSES)
+    assert doc["models"][0]["confusion_matrix"]["counts"] == cm.tolist()
+    np.testing.assert_allclose(doc["models"][0]["confusion_matrix"]["normalized"], cm / cm.sum(1, keepdims=True))
+
+    # ECE, independently: 10 bins (lo, hi], |acc - conf| weighted by bin share
+    conf = probs.max(1)
+    correct = np.array(y_true) == np.array(y_pred)
+    ece = 0.0
+    for lo in np.arange(10) / 10:
+        inside = (conf > lo) & (conf <= lo + 0.1) if lo > 0 else conf <= 0.1
+        if inside.any():
+            ece += abs(correct[inside].mean() - conf[inside].mean()) * inside.mean()
+    cal = doc["models"][0]["calibration"]
+    assert cal["n_bins"] == 10 and len(cal["bins"]) == 10 and sum(b["count"] for b in cal["bins"]) == 18
+    assert m["ece"] == pytest.approx(ece) == pytest.approx(cal["ece"])
+    worst = doc["models"][0]["errors"]["most_confident"]
+    assert len(worst) == doc["models"][0]["errors"]["n_errors"] == int((~correct).sum())
+    assert [w["prob"] for w in worst] == sorted((w["prob"] for w in worst), reverse=True)
+
+
+def test_eval_json_validates_against_schema(invoke, world, tmp_path):
+    schema = json.loads(SCHEMA.read_text())
+    records = _mixed_records(world) + [{**r, "perturbation": "noise", "severity": 1} for r in world["records"][:6]]
+    manifest = write_manifest_file(tmp_path / "m.jsonl", records + [{"path": "x.png", "label": "triangle"}],
+                                   classes=CLASSES + ["triangle"])
+    out = tmp_path / "report.json"
+    doc, result = eval_json(invoke, [manifest, "-m", world["perfect"], "-m", world["constant"], "-o", out,
+                                     "--ignore-unknown"])
+    assert json.loads(out.read_text()) == doc
+    assert schema_errors(doc, schema) == []
+    assert doc["models"][0]["robustness"] is not None and doc["models"][0]["unknown"]["count"] == 1
+    # the checker is not a rubber stamp
+    broken = json.loads(json.dumps(doc))
+    broken["models"][0]["metrics"]["accuracy"] = "high"
+    del broken["models"][1]["per_class"][0]["f1"]
+    broken["models"][0]["undocumented"] = 1
+    assert len(schema_errors(broken, schema)) == 3
+    try:
+        import jsonschema
+    except ImportError:
+        return
+    jsonschema.validate(doc, schema)
+
+
+def test_eval_stdout_empty_without_json_and_output_file_written(invoke, world, tmp_path):
+    manifest = write_manifest_file(tmp_path / "m.jsonl", world["records"])
+    out = tmp_path / "sub" / "report.json"
+    result = invoke(["eval", manifest, "-m", world["perfect"], "-o", out])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+    assert json.loads(out.read_text())["models"][0]["metrics"]["accuracy"] == 1.0
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_eval_reads_stdin(invoke, world, tmp_path):
+    manifest = write_manifest_file(tmp_path / "m.jsonl", world["records"], model=str(world["constant"]))
+    doc, _ = eval_json(invoke, [], input=manifest.read_text())
+    assert doc["manifest"] == "<stdin>" and doc["models"][0]["n_images"] == 18
+
+
+def test_eval_groups_by_perturbation_and_severity(invoke, world, tmp_path):
+    recs = world["records"]
+    wrong = lambda r: {**r, "label": CLASSES[(CLASSES.index(r["label"]) + 1) % 3]}  # noqa: E731
+    records = list(recs[:6])  # clean: all right
+    records += [{**r, "perturbation": "noise", "severity": 1} for r in recs[6:10]]  # 4/4 right
+    records += [{**(wrong(r) if i < 2 else r), "perturbation": "noise", "severity": 2}
+                for i, r in enumerate(recs[10:14])]  # 2/4 right
+    records += [{**wrong(r), "perturbation": "blur", "severity": 3} for r in recs[14:18]]  # 0/4
+    manifest = write_manifest_file(tmp_path / "m.jsonl", records)
+    doc, result = eval_json(invoke, [manifest, "-m", world["perfect"]])
+    rob = doc["models"][0]["robustness"]
+    assert rob["clean"] == {"n": 6, "accuracy": 1.0}
+    by_name = {p["perturbation"]: p for p in rob["perturbations"]}
+    assert list(by_name) == ["blur", "noise"]
+    noise = by_name["noise"]
+    assert noise["n"] == 8 and noise["accuracy"] == pytest.approx(0.75) and noise["relative_drop"] == pytest.approx(0.25)
+    assert [(s["severity"], s["n"], s["accuracy"]) for s in noise["severities"]] == [(1, 4, 1.0), (2, 4, 0.5)]
+    assert by_name["blur"]["accuracy"] == 0.0 and by_name["blur"]["relative_drop"] == 1.0
+    assert rob["mean_accuracy"] == pytest.approx(0.375)
+    assert rob["mean_error"] == pytest.approx(0.625)
+    assert rob["mean_relative_drop"] == pytest.approx(0.625)
+    assert doc["models"][0]["metrics"]["accuracy"] == pytest.approx(12 / 18)  # summary covers every image
+    assert "robustness" in result.stderr and "mean over perturbations" in result.stderr
+
+
+def test_eval_robustness_without_clean_records():
+    from imgcls.evaluation.metrics import robustness
+
+    assert robustness([{"path": "a"}, {"path": "b", "perturbation": "none"}], np.array([True, False])) is None
+    rob = robustness([{"path": "a", "perturbation": "fog", "severity": 1}], np.array([True]))
+    assert rob["clean"] == {"n": 0, "accuracy": None} and rob["perturbations"][0]["relative_drop"] is None
+
+
+def test_eval_compares_models_side_by_side(invoke, world, tmp_path):
+    manifest = write_manifest_file(tmp_path / "m.jsonl", world["records"])
+    doc, result = eval_json(invoke, [manifest, "-m", world["perfect"], "--model", world["constant"]])
+    rows = doc["comparison"]
+    assert [r["model"] for r in rows] == ["perfect", "constant"]
+    assert [r["accuracy"] for r in rows] == pytest.approx([1.0, 1 / 3])
+    assert rows[1]["per_class_f1"] == {"circle": 0.0, "square": pytest.approx(0.5), "stripe": 0.0}
+    assert all(r["parameters"] > 0 and r["images_per_second"] > 0 and r["ece"] is not None for r in rows)
+    assert len(doc["models"]) == 2
+    assert "model comparison" in result.stderr and "F1 stripe" in result.stderr
+    assert "constant never predicted: circle, stripe" in result.stderr
+
+
+def test_eval_matches_classes_by_name_not_position(invoke, world, tmp_path):
+    manifest = write_manifest_file(tmp_path / "m.jsonl", world["records"], classes=["stripe", "circle", "square"])
+    doc, _ = eval_json(invoke, [manifest, "-m", world["perfect"]])
+    assert doc["models"][0]["metrics"]["accuracy"] == 1.0
+    assert doc["models"][0]["confusion_matrix"]["classes"] == CLASSES
+
+
+def test_eval_unknown_label_is_an_error_unless_ignored(invoke, world, tmp_path):
+    extra = [{"path": str(world["images"][0]), "label": "triangle", "split": "test"}] * 2
+    manifest = write_manifest_file(tmp_path / "m.jsonl", world["records"] + extra, classes=CLASSES + ["triangle"])
+    result = invoke(["eval", manifest, "-m", world["perfect"]])
+    assert result.exit_code == 1
+    assert "'triangle' (2)" in result.stderr and "--ignore-unknown" in result.stderr
+    assert "Traceback" not in result.stderr
+    doc, result = eval_json(invoke, [manifest, "-m", world["perfect"], "--ignore-unknown"])
+    report = doc["models"][0]
+    assert report["unknown"] == {"count": 2, "labels": {"triangle": 2}}
+    assert report["n_images"] == 18 and report["metrics"]["accuracy"] == 1.0
+    assert "2 images with labels the model does not know were left out: triangle (2)" in result.stderr
+
+
+def test_eval_split_selection_and_empty_split(invoke, world, tmp_path):
+    records = [{**r, "split": "train"} for r in world["records"][:9]] + [
+        {k: v for k, v in r.items() if k != "split"} for r in world["records"][9:]]
+    unlabelled = {"path": str(world["images"][0]), "split": "test"}
+    manifest = write_manifest_file(tmp_path / "m.jsonl", records + [unlabelled])
+    doc, result = eval_json(invoke, [manifest, "-m", world["perfect"]])
+    assert doc["n_unsplit_as_test"] == 9 and doc["models"][0]["n_images"] == 9
+    assert doc["n_selected"] == 10 and doc["n_unlabelled"] == 1
+    assert "9 records without a split were counted as test" in result.stderr
+    assert "1 selected records have no label and were left out" in result.stderr
+    doc, _ = eval_json(invoke, [manifest, "-m", world["perfect"], "--split", "all"])
+    assert doc["models"][0]["n_images"] == 18 and doc["n_selected"] == 19
+    result = invoke(["eval", manifest, "-m", world["perfect"], "--split", "val"])
+    assert result.exit_code == 1
+    assert "no records in split 'val'" in result.stderr and "--split" in result.stderr
+
+
+def test_eval_without_model_says_what_to_pass(invoke, world, tmp_path):
+    manifest = write_manifest_file(tmp_path / "m.jsonl", world["records"])
+    result = invoke(["eval", manifest])
+    assert result.exit_code == 1
+    assert "--model FILE" in result.stderr and "header" in result.stderr
+    gone = write_manifest_file(tmp_path / "g.jsonl", world["records"], model=str(tmp_path / "gone.safetensors"))
+    result = invoke(["eval", gone])
+    assert result.exit_code == 1 and "gone.safetensors" in result.stderr and "does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("cache", [[], ["--no-cache"]])
+def test_eval_unreadable_image_is_an_error(invoke, world, tmp_path, cache, private_cache):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    manifest = write_manifest_file(tmp_path / "m.jsonl", world["records"] + [{"path": str(bad), "label": "circle"}])
+    result = invoke(["eval", manifest, "-m", world["perfect"], "--predictions", tmp_path / "p.jsonl", *cache])
+    assert result.exit_code == 1
+    assert str(bad) in result.stderr and "eval needs every selected image" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "p.jsonl").exists()
+    assert not list(private_cache.rglob("*.npy"))
+
+
+def test_eval_reuses_the_decoded_image_cache(invoke, world, tmp_path, private_cache):
+    manifest = write_manifest_file(tmp_path / "m.jsonl", _mixed_records(world))
+    first, _ = eval_json(invoke, [manifest, "-m", world["perfect"], "-m", world["constant"]])
+    entries = list(private_cache.rglob("*.npy"))
+    assert len(entries) == 1  # both models take 16 px RGB: one entry
+    second, result = eval_json(invoke, [manifest, "-m", world["perfect"], "-v"])
+    assert "cache hit" in result.stderr and list(private_cache.rglob("*.npy")) == entries
+    assert second["models"][0]["metrics"] == first["models"][0]["metrics"]
+    result = invoke(["eval", manifest, "-m", world["perfect"], "--no-cache", "--cache-dir", tmp_path])
+    assert result.exit_code == 2
+
+
+def test_eval_report_writes_pictures(invoke, world, tmp_path):
+    pytest.importorskip("matplotlib")
+    manifest = write_manifest_file(tmp_path / "m.jsonl", _mixed_records(world))
+    out = tmp_path / "pics"
+    result = invoke(["eval", manifest, "-m", world["perfect"].parent, "--report", out])
+    assert result.exit_code == 0, result.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["confusion_matrix.png", "learning_curves.png", "reliability.png", "worst_errors.png"]
+    from PIL import Image
+
+    for name in names:
+        with Image.open(out / name) as img:
+            assert img.format == "PNG" and img.width > 100
+
+
+def test_eval_report_without_matplotlib_still_makes_contact_sheet(invoke, world, tmp_path, monkeypatch):
+    import imgcls.evaluation.plots as plots
+
+    monkeypatch.setattr(plots, "have_matplotlib", lambda: False)
+    manifest = write_manifest_file(tmp_path / "m.jsonl", world["records"])
+    out = tmp_path / "pics"
+    result = invoke(["eval", manifest, "-m", world["constant"], "--report", out, "--json"])
+    assert result.exit_code == 1
+    assert "imgcls[plots]" in result.stderr and "worst_errors.png" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["worst_errors.png"]
+    assert json.loads(result.stdout)["models"][0]["metrics"]["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_eval_option_conflicts_are_usage_errors(invoke, world, tmp_path):
+    manifest = write_manifest_file(tmp_path / "m.jsonl", world["records"])
+    result = invoke(["eval", manifest, "-m", world["perfect"], "--json", "--predictions", "-"])
+    assert result.exit_code == 2 and "stdout" in result.stderr
+    result = invoke(["eval", manifest, "-m", world["perfect"], "-m", world["constant"], "--predictions", "p.jsonl"])
+    assert result.exit_code == 2 and "one model" in result.stderr
+
+
+def test_eval_predictions_to_stdout_is_a_manifest(invoke, world, tmp_path):
+    from imgcls.manifest import iter_text
+
+    manifest = write_manifest_file(tmp_path / "m.jsonl", world["records"])
+    result = invoke(["eval", manifest, "-m", world["constant"], "--predictions", "-", "-q"])
+    assert result.exit_code == 0 and result.stderr == ""
+    reader = iter_text(result.stdout)
+    records = list(reader)
+    assert reader.classes == CLASSES and len(records) == 18 and {r["pred"] for r in records} == {"square"}
+
+
+def test_eval_many_classes_truncates_matrix(invoke, tmp_path):
+    classes = [f"c{i:02d}" for i in range(22)]
+    make_class_folder(tmp_path / "img", per_class=1, classes=("circle",), size=8)
+    image = next((tmp_path / "img").rglob("*.png"))
+    model = save_constant_model(tmp_path / "many.safetensors", winner=0, classes=classes, size=8)
+    records = [{"path": str(image), "label": c} for c in classes]
+    manifest = write_manifest_file(tmp_path / "m.jsonl", records, classes=classes)
+    doc, result = eval_json(invoke, [manifest, "-m", model])
+    assert "22 classes is too many to print" in result.stderr
+    assert doc["models"][0]["metrics"]["top_k"] == 5
+    assert len(doc["models"][0]["confusion_matrix"]["counts"]) == 22
