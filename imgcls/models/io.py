@@ -105,10 +105,18 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
 
 
 def resolve_model_path(path: str | os.PathLike) -> Path:
-    """A model file, or a run folder holding model.safetensors (``runs/latest`` works)."""
+    """A model file, or a run folder holding model.safetensors (``runs/latest`` works, link or text file)."""
     path = Path(path)
     if path.is_dir():
         return path / "model.safetensors"
+    if path.name == "latest" and path.is_file() and path.stat().st_size < 4096:
+        # Where symlinks are not available, train writes runs/latest as a one-line text file.
+        try:
+            target = Path(path.read_text(encoding="utf-8").strip())
+        except (OSError, UnicodeDecodeError):
+            return path
+        if target.is_dir():
+            return target / "model.safetensors"
     return path
 
 

@@ -1,0 +1,147 @@
+"""Options and output handling shared by ``train`` and ``finetune`` (no torch at import time)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from imgcls.errors import UsageProblem
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "plateau", "none")
+AUGMENTS = ("none", "light", "standard", "strong")
+
+
+def _opt(*args: Any, **kwargs: Any) -> Callable:
+    return click.option(*args, **kwargs)
+
+
+def loop_options(inherit: bool) -> Callable:
+    """Optimisation and data options. ``inherit``: defaults come from the parent model (finetune)."""
+
+    def d(value: Any) -> Any:
+        return None if inherit else value
+
+    def show(value: Any) -> Any:
+        return "as the parent run" if inherit else True
+
+    def decorate(func: Callable) -> Callable:
+        options = [
+            _opt("--epochs", type=click.IntRange(min=1), default=10 if inherit else 20, show_default=True,
+                 help="Maximum number of epochs (early stopping may end sooner)."),
+            _opt("--batch-size", type=click.IntRange(min=1), default=d(64), show_default=show(64),
+                 help="Training images per step."),
+            _opt("--optimizer", type=click.Choice(OPTIMIZERS), default=d("adamw"), show_default=show("adamw"),
+                 help="AdamW (decoupled weight decay), Adam, or SGD with Nesterov momentum."),
+            _opt("--weight-decay", type=click.FloatRange(min=0), default=d(0.01), show_default=show(0.01),
+                 help="Weight decay (not applied to biases and normalisation layers)."),
+            _opt("--momentum", type=click.FloatRange(0, 1), default=d(0.9), show_default=show(0.9),
+                 help="SGD momentum (--optimizer sgd only)."),
+            _opt("--schedule", type=click.Choice(SCHEDULES), default=d("cosine"), show_default=show("cosine"),
+                 help="Learning-rate schedule: cosine decay to 0 over --epochs (per step), plateau "
+                      "(x0.2 after 2 epochs without a better validation loss), or none."),
+            _opt("--label-smoothing", type=click.FloatRange(0, 0.5), default=d(0.0), show_default=show(0.0),
+                 help="Label smoothing of the training loss (validation loss is plain cross-entropy)."),
+            _opt("--class-weights", type=click.Choice(["none", "auto"]), default=d("none"), show_default=show("none"),
+                 help="auto: weight the training loss by n / (classes x count) per class, for imbalanced data."),
+            _opt("--patience", type=click.IntRange(min=0), default=d(5), show_default=show(5),
+                 help="Early stopping: stop after this many epochs without a lower validation loss "
+                      "(0: never). The best epoch's weights are always the ones saved."),
+            _opt("--freeze-bn/--train-bn", default=None,
+                 help="Keep the backbone's BatchNorm layers in inference mode (running statistics fixed; their "
+                      "scale and shift still train). Default: on when starting from trained weights (pretrained "
+                      "backbones, finetune), off from scratch. Small batches of other images would otherwise "
+                      "overwrite the statistics the features depend on."),
+            _opt("--augment", type=click.Choice(AUGMENTS), default=d("none"), show_default=show("none"),
+                 help="On-the-fly augmentation of training images: light = shift 8% + flip; standard = "
+                      "rotation 15 deg, shift 10%, zoom 10%, flip (Keras ImageDataGenerator style); strong = "
+                      "standard + TrivialAugmentWide."),
+            _opt("--flip/--no-flip", default=d(True), show_default=show(True),
+                 help="Random horizontal flips in the light/standard/strong presets. Use --no-flip for digits, "
+                      "text and anything whose mirror image is another class."),
+            _opt("--seed", type=int, default=d(0), show_default=show(0),
+                 help="Seeds weights, data order, augmentation and a held-out validation split: the same seed "
+                      "on the CPU gives identical weights."),
+            _opt("--device", default="auto", show_default=True,
+                 help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps."),
+            _opt("--amp/--no-amp", default=True, show_default=True,
+                 help="Mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler). "
+                      "No effect on CPU/MPS."),
+            _opt("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="DataLoader worker processes, used for --augment strong and for data sets too large "
+                      "to hold decoded in memory (IMGCLS_PRELOAD_LIMIT_MB, default 4096); otherwise batches "
+                      "come straight from memory."),
+            _opt("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="CPU threads for PyTorch (0: its default, one per core). On a CPU shared with other "
+                      "jobs, fewer threads than cores avoids threads waiting on each other."),
+            _opt("--feature-cache/--no-feature-cache", default=True, show_default=True,
+                 help="With a frozen backbone and --augment none, compute its features once and train the head "
+                      "on them (identical result, epochs cost almost nothing). --no-feature-cache runs the "
+                      "backbone every step."),
+            _opt("--val-fraction", type=click.FloatRange(0.01, 0.5), default=0.15, show_default=True,
+                 help="Only when the manifest has no val records: hold out this stratified fraction of the "
+                      "training images for validation (with a warning)."),
+            _opt("--checkpoint/--no-checkpoint", default=True, show_default=True,
+                 help="Write checkpoint.safetensors after every epoch, for --resume."),
+            _opt("--out", type=click.Path(file_okay=False), default=None, metavar="DIR",
+                 help="Run folder to create (must be new or empty). Default: runs/<YYYYmmdd-HHMMSS>-<arch>."),
+            _opt("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-", show_default=True,
+                 metavar="FILE", help="Where the manifest goes on, with \"model\" and \"run\" in its header "
+                      "('-': stdout; not printed when stdout is a terminal)."),
+        ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def parse_floats_option(value: str | None, name: str) -> list[float] | None:
+    if value is None:
+        return None
+    from imgcls.models.weights import parse_floats
+
+    return parse_floats(value, name)
+
+
+def emit_manifest(output: str, header: dict, records: list, model_path: Any, run_dir: Any) -> None:
+    """The input manifest, passed through, with the model and run recorded in the header."""
+    from pathlib import Path
+
+    from imgcls.manifest import write_manifest
+    from imgcls.training._console import info
+
+    out_header = {k: v for k, v in header.items() if not k.startswith("_")}
+    out_header["model"] = str(Path(model_path).resolve())
+    out_header["run"] = str(Path(run_dir).resolve())
+    if output == "-" and sys.stdout.isatty():
+        info(f"model: {out_header['model']} (stdout is a terminal: the manifest is not printed; pipe it on, "
+             f"e.g. | imgcls eval)")
+        return
+    write_manifest(output, out_header, records)
+
+
+def report_result(result: Any, command: str) -> None:
+    """Summary on stderr; Ctrl-C: say what is usable and exit 130."""
+    from imgcls.training._console import info
+
+    fit = result.fit
+    if fit.interrupted:
+        if result.model_path is not None:
+            msg = (f"interrupted after epoch {fit.history[-1]['epoch'] if fit.history else 0}: the best model so far "
+                   f"(epoch {fit.best_epoch}) is in {result.model_path}; continue with: imgcls {command} --resume {result.run_dir}")
+        else:
+            msg = "interrupted before the first epoch ended: no model written"
+        click.echo(f"imgcls {command}: {msg}", err=True)
+        sys.exit(130)
+    best = [h for h in fit.history if h["epoch"] == fit.best_epoch]
+    acc = f", val acc {best[-1]['val_acc']:.3f}" if best else ""
+    info(f"saved {result.model_path} (best epoch {fit.best_epoch}, val loss {fit.best_val_loss:.4f}{acc})")
+
+
+def check_no_terminal_stdin(manifest: str) -> None:
+    if manifest == "-" and sys.stdin.isatty():
+        raise UsageProblem("no manifest given: pass a manifest file or pipe one in (e.g. imgcls prepare DIR | imgcls train)")

@@ -1,0 +1,122 @@
+"""``imgcls finetune``: continue training a saved model with (part of) its backbone unfrozen."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from imgcls.commands._common import common_options, open_input
+from imgcls.commands._training import check_no_terminal_stdin, emit_manifest, loop_options, report_result
+
+
+class Unfreeze(click.ParamType):
+    """A block count or ``all``."""
+
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "all":
+            return "all"
+        try:
+            n = int(text)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of blocks nor 'all'", param, ctx)
+        if n < 0:
+            self.fail("must be 0 or more", param, ctx)
+        return n
+
+
+RESUME_MAY_CHANGE = ("resume", "epochs", "patience", "device", "workers", "threads", "manifest", "output",
+                     "debug", "quiet", "verbose")
+
+
+@click.command("finetune")
+@click.argument("manifest", default="-", metavar="[MANIFEST]")
+@click.option("-m", "--model", default=None, metavar="FILE|RUN",
+              help="The model to fine-tune: a model.safetensors file or a run folder (runs/latest works). "
+                   "Default: the \"model\" in the manifest header (what imgcls train printed).")
+@click.option("--unfreeze", type=Unfreeze(), default="all", show_default=True,
+              help="Train the last N backbone blocks (stages; imgcls train --list-archs shows how many each "
+                   "architecture has) plus the head, or all of them. 0 trains the head only.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+              help="Learning rate of the head (lower than for training from scratch: the weights are already good).")
+@click.option("--backbone-lr", type=click.FloatRange(min=0), default=None,
+              help="Learning rate of the unfrozen backbone blocks. Default: --lr x --backbone-lr-ratio.")
+@click.option("--backbone-lr-ratio", type=click.FloatRange(min=0), default=0.1, show_default=True,
+              help="Backbone rate relative to --lr (discriminative learning rates).")
+@loop_options(inherit=True)
+@click.option("--resume", type=click.Path(exists=True), default=None, metavar="RUN",
+              help="Continue an interrupted fine-tuning run from its last checkpoint (same as imgcls train --resume).")
+@common_options
+def command(manifest: str, model: str | None, unfreeze: int | str, lr: float, backbone_lr: float | None,
+            backbone_lr_ratio: float, resume: str | None, **loop: object) -> None:
+    """Fine-tune a trained model: unfreeze the last N backbone blocks and train on.
+
+    Takes the model from --model or from the manifest header that imgcls train
+    printed, so the classic transfer-learning recipe is one pipeline:
+
+    \b
+      imgcls prepare flowers/ | imgcls train --arch mobilenet_v2 --freeze \\
+        | imgcls finetune --unfreeze 3 | imgcls eval
+
+    Input size, channels, normalization and classes are the model's own; the
+    manifest's classes are matched by name and must all be known to the model.
+    Optimisation settings default to those the model was trained with (batch size,
+    optimizer, weight decay, schedule, augmentation, ...), with a lower learning rate
+    and a lower one still for the backbone. The starting model's validation loss is
+    the mark to beat: if no epoch improves on it, the saved model is the starting
+    one. Writes a NEW run folder (--out, default runs/<time>-<arch>-finetune) whose
+    history.jsonl continues the parent run's (epoch numbers go on; "phase" tells
+    train from finetune), and passes the manifest on with the new model in its header.
+    """
+    from pathlib import Path
+
+    from imgcls.errors import UsageProblem
+    from imgcls.manifest import read_all
+    from imgcls.training import finetune as finetune_run
+    from imgcls.training import resume as resume_run
+
+    output = loop.pop("output")
+    out = loop.pop("out")
+    ctx = click.get_current_context()
+    src = ctx.get_parameter_source
+    if resume is not None:
+        changed = [p.name for p in ctx.command.params
+                   if src(p.name) == click.core.ParameterSource.COMMANDLINE and p.name not in RESUME_MAY_CHANGE]
+        if changed:
+            raise UsageProblem(f"--resume continues a run with its own settings; not allowed with: "
+                               f"{', '.join('--' + n.replace('_', '-') for n in changed)}")
+        header = records = root = None
+        if manifest != "-" or not sys.stdin.isatty():
+            header, records, reader = read_all(open_input(manifest))
+            root = reader.root
+        overrides = {k: loop[k] for k in ("epochs", "patience", "device", "workers", "threads")
+                     if src(k) == click.core.ParameterSource.COMMANDLINE}
+        result, header, records = resume_run(resume, header=header, records=records, root=root, overrides=overrides)
+        report_result(result, "finetune")
+        emit_manifest(output, header, records, result.model_path, result.run_dir)
+        return
+
+    check_no_terminal_stdin(manifest)
+    header, records, reader = read_all(open_input(manifest))
+    model_path = model or (reader.header or {}).get("model")
+    if not model_path:
+        raise UsageProblem("no model to fine-tune: pass --model FILE|RUN, or pipe in the manifest imgcls train printed "
+                           "(its header names the model)")
+    if not Path(model_path).exists():
+        from imgcls.errors import ModelError
+
+        where = "--model" if model else f"{reader.name}: header \"model\""
+        raise ModelError(f"{where}: {model_path}: no such model file or run folder")
+    overrides = {k: v for k, v in loop.items() if v is not None}
+    overrides["lr"] = lr
+    overrides["backbone_lr"] = backbone_lr
+    result = finetune_run(header, records, reader.root, model_path, overrides,
+                          unfreeze=None if unfreeze == "all" else int(unfreeze),
+                          backbone_lr_ratio=backbone_lr_ratio, out=Path(out) if out else None, name=reader.name)
+    report_result(result, "finetune")
+    emit_manifest(output, header, records, result.model_path, result.run_dir)

@@ -1,0 +1,192 @@
+"""``imgcls train``: a manifest in, a run folder (model.safetensors ...) out, the manifest passed on."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from imgcls.commands._common import common_options, open_input
+from imgcls.commands._training import check_no_terminal_stdin, emit_manifest, loop_options, parse_floats_option, report_result
+
+
+def _list_archs(as_json: bool) -> None:
+    """Name, backbone parameters, default size, channels, blocks, pretrained weights, description."""
+    import json
+
+    import torch
+
+    from imgcls.models import get_model, get_spec, list_models
+    from imgcls.models.weights import cache_status
+
+    rows = []
+    for name in list_models():
+        spec = get_spec(name)
+        with torch.device("meta"):  # counts parameters without allocating or initialising them
+            model = get_model(name, num_classes=10, in_channels=spec.channels or 3)
+        rows.append({
+            "name": name,
+            "parameters": sum(p.numel() for p in model.backbone.parameters()),
+            "default_size": spec.default_size,
+            "channels": spec.channels,
+            "blocks": len(model.blocks),
+            "pretrained": cache_status(name) if spec.pretrainable else "no",
+            "options": list(spec.options),
+            "description": spec.description,
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    head = ["name", "params", "size", "channels", "blocks", "pretrained", "description"]
+    table = [[r["name"], f"{r['parameters'] / 1e6:.2f}M", str(r["default_size"] or "data"),
+              str(r["channels"] or "data"), str(r["blocks"]), r["pretrained"], r["description"]] for r in rows]
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(head)]
+    for line in [head, *table]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1])
+
+
+RESUME_MAY_CHANGE = ("resume", "epochs", "patience", "device", "workers", "threads", "manifest", "output",
+                     "debug", "quiet", "verbose")
+
+
+@click.command("train")
+@click.argument("manifest", default="-", metavar="[MANIFEST]")
+@click.option("-a", "--arch", default="cnn", show_default=True, metavar="NAME",
+              help="Architecture (see --list-archs): cnn, cnn-gru, cnn-classic (from scratch) or a torchvision "
+                   "backbone: densenet121, vgg16, efficientnet_b0, mobilenet_v2, mobilenet_v3_small, "
+                   "mobilenet_v3_large, resnet18, resnet50.")
+@click.option("--list-archs", is_flag=True, help="List the architectures (name, backbone parameters, default input "
+                                                   "size, channels, blocks for --unfreeze, pretrained weights: cached "
+                                                   "/ download / no) as a table on stdout, and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --list-archs: JSON instead of a table.")
+@click.option("--image-size", type=click.IntRange(min=1), default=None, metavar="PX",
+              help="Square input size. Default: 224 for torchvision backbones; for scratch models the most "
+                   "common image side in the training data, clamped to 8..64.")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None,
+              help="Input channels of scratch models. Default: 1 if every training image is grayscale, else 3. "
+                   "torchvision backbones always take 3 (gray images are converted).")
+@click.option("--pretrained/--no-pretrained", default=None,
+              help="Start torchvision backbones from torchvision's ImageNet weights (default: on for them; "
+                   "scratch models have none). Weights come from the torch hub cache "
+                   "($TORCH_HOME/hub/checkpoints) or are downloaded there; offline, copy the file there or use --weights.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Start from a state dict in FILE instead: .safetensors, or .pth read with "
+                   "torch.load(weights_only=True) only. ImageNet head keys are ignored; every backbone key must "
+                   "fit. Normalization: the file's \"mean\"/\"std\" metadata (safetensors), else torchvision's "
+                   "for the architecture.")
+@click.option("--mean", default=None, metavar="M[,M,M]",
+              help="Per-channel normalization mean on [0,1] pixels (overrides the weights' own). "
+                   "Default: from the weights; 0.5 when training from scratch.")
+@click.option("--std", default=None, metavar="S[,S,S]",
+              help="Per-channel normalization std (overrides the weights' own). Default: from the weights; 0.5 from scratch.")
+@click.option("--freeze", is_flag=True,
+              help="Train the head only: the backbone is frozen and kept in eval mode (BatchNorm statistics do not "
+                   "drift). With --augment none its features are computed once and the epochs train the head on "
+                   "them (fast on a CPU).")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="cnn, cnn-gru: channels of the first block (doubles per block; arch default 32).")
+@click.option("--depth", type=click.IntRange(min=1), default=None, help="cnn, cnn-gru: number of conv blocks (arch default 4 / 3).")
+@click.option("--hidden", type=click.IntRange(min=1), default=None, help="cnn-gru: GRU hidden size (arch default 128).")
+@click.option("--block-dropout", type=click.FloatRange(0, 0.9), default=None, help="cnn, cnn-gru: dropout after each conv block (arch default 0.1).")
+@click.option("--dropout", type=click.FloatRange(0, 0.95), default=0.2, show_default=True, help="Dropout before the final linear layer (the head).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Learning rate (of the head). Default: 2e-3 from scratch, 1e-3 for a pretrained backbone "
+                   "(whose own rate is --backbone-lr-ratio times this).")
+@click.option("--backbone-lr", type=click.FloatRange(min=0), default=None,
+              help="Learning rate of a pretrained, unfrozen backbone. Default: --lr x --backbone-lr-ratio.")
+@click.option("--backbone-lr-ratio", type=click.FloatRange(min=0), default=0.1, show_default=True,
+              help="Backbone rate relative to --lr when starting from pretrained weights (discriminative rates).")
+@loop_options(inherit=False)
+@click.option("--resume", type=click.Path(exists=True), default=None, metavar="RUN",
+              help="Continue an interrupted run (its folder, or runs/latest) from its last checkpoint, in that "
+                   "folder. The configuration and data are the run's own (manifest.jsonl inside it); only "
+                   "--epochs (to extend), --patience, --device and --workers may change.")
+@common_options
+def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_size: int | None, channels: str | None,
+            pretrained: bool | None, weights: str | None, mean: str | None, std: str | None, freeze: bool,
+            width: int | None, depth: int | None, hidden: int | None, block_dropout: float | None, dropout: float,
+            lr: float | None, backbone_lr: float | None, backbone_lr_ratio: float, resume: str | None,
+            **loop: object) -> None:
+    """Train a classifier on a manifest's train split, selecting it on the val split.
+
+    Reads the manifest (from prepare) from MANIFEST or stdin and writes a run folder
+    (--out, default runs/<time>-<arch>): model.safetensors (weights plus everything
+    eval and predict need: arch, ordered classes, input size, channels, mean/std,
+    training config, manifest hash), history.jsonl (one line per epoch),
+    learning_curves.png (with matplotlib), checkpoint.safetensors (for --resume) and
+    manifest.jsonl (the data it used); runs/latest points at the newest run. The
+    manifest goes on to stdout with "model" and "run" in its header, so pipelines chain:
+
+    \b
+      imgcls prepare shapes/ | imgcls train --arch cnn | imgcls eval
+      imgcls prepare flowers/ | imgcls train --arch mobilenet_v2 --freeze | imgcls finetune | imgcls eval
+      imgcls train --resume runs/latest --epochs 40 > data.jsonl
+
+    The saved weights are those of the epoch with the lowest validation loss. Without
+    val records a stratified --val-fraction of the training images is held out (with a
+    warning). Records without a split count as training data; test records are not
+    used. Progress goes to stderr: a bar per epoch in a terminal, one line per epoch
+    otherwise. Ctrl-C stops cleanly (exit 130): the best model so far and the last
+    checkpoint stay in the run folder.
+    """
+    from imgcls.errors import UsageProblem
+
+    if list_archs:
+        _list_archs(as_json)
+        return
+
+    from pathlib import Path
+
+    from imgcls.manifest import read_all
+    from imgcls.training import TrainConfig
+    from imgcls.training import resume as resume_run
+    from imgcls.training import train as train_run
+
+    output = loop.pop("output")
+    out = loop.pop("out")
+    if resume is not None:
+        ctx = click.get_current_context()
+        changed = [p.name for p in ctx.command.params
+                   if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE
+                   and p.name not in RESUME_MAY_CHANGE]
+        if changed:
+            raise UsageProblem(f"--resume continues a run with its own settings; not allowed with: "
+                               f"{', '.join('--' + n.replace('_', '-') for n in changed)}")
+        header = records = root = None
+        if manifest != "-" or not sys.stdin.isatty():
+            header, records, reader = read_all(open_input(manifest))
+            root = reader.root
+        src = ctx.get_parameter_source
+        overrides = {k: loop[k] for k in ("epochs", "patience", "device", "workers", "threads")
+                     if src(k) == click.core.ParameterSource.COMMANDLINE}
+        result, header, records = resume_run(resume, header=header, records=records, root=root, overrides=overrides)
+        report_result(result, "train")
+        emit_manifest(output, header, records, result.model_path, result.run_dir)
+        return
+
+    check_no_terminal_stdin(manifest)
+    options = {k: v for k, v in {"width": width, "depth": depth, "hidden": hidden, "block_dropout": block_dropout}.items()
+               if v is not None}
+    from imgcls.models.registry import get_spec
+
+    spec = get_spec(arch)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        takes = ", ".join("--" + o.replace("_", "-") for o in spec.options) or "no architecture options"
+        raise UsageProblem(f"--arch {arch} does not take {', '.join('--' + o.replace('_', '-') for o in unknown)} "
+                           f"(it takes: {takes})")
+    from_pretrained = weights is not None or (spec.pretrainable and pretrained is not False)
+    if lr is None:
+        lr = 1e-3 if from_pretrained else 2e-3
+    if backbone_lr is None and from_pretrained and not freeze:
+        backbone_lr = lr * backbone_lr_ratio
+    header, records, reader = read_all(open_input(manifest))
+    cfg = TrainConfig(
+        arch=arch, image_size=image_size or 0, channels=int(channels) if channels else 0,
+        mean=parse_floats_option(mean, "--mean") or [], std=parse_floats_option(std, "--std") or [],
+        pretrained=pretrained, weights=weights, arch_options=options, dropout=dropout,
+        trainable_blocks=0 if freeze else None, lr=lr, backbone_lr=backbone_lr,
+        **loop,  # type: ignore[arg-type]
+    )
+    result = train_run(header, records, reader.root, cfg, out=Path(out) if out else None, name=reader.name)
+    report_result(result, "train")
+    emit_manifest(output, header, records, result.model_path, result.run_dir)

@@ -1,0 +1,65 @@
+"""Training configuration: one dataclass, stored in the model file and the checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "plateau", "none")
+CLASS_WEIGHTS = ("none", "auto")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides how a model is trained (resolved: no "auto" left but device)."""
+
+    arch: str = "cnn"
+    phase: str = "train"  # "train" or "finetune"
+    image_size: int = 0  # 0: from the architecture or the data
+    channels: int = 0  # 0: from the architecture or the data
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    pretrained: bool = False
+    weights: str | None = None  # the --weights file, when one was given
+    weights_source: str | None = None
+    arch_options: dict[str, Any] = field(default_factory=dict)
+    dropout: float = 0.2
+    trainable_blocks: int | None = None  # None: all; 0: head only (--freeze); N: last N blocks
+    freeze_bn: bool | None = None  # backbone BatchNorm in inference mode; None: yes when starting from trained weights
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    backbone_lr: float | None = None  # fine-tuning: learning rate of the unfrozen backbone blocks
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    label_smoothing: float = 0.0
+    class_weights: str = "none"
+    patience: int = 5
+    augment: str = "none"
+    flip: bool = True
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    workers: int = 0
+    threads: int = 0  # torch intra-op threads; 0: torch's default
+    feature_cache: bool = True  # frozen backbone + no augmentation: compute features once
+    val_fraction: float = 0.15
+    checkpoint: bool = True
+    parent: str | None = None  # fine-tuning: the model it started from
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def frozen(self) -> bool:
+        return self.trainable_blocks == 0

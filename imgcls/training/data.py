@@ -1,0 +1,313 @@
+"""Training data: manifest records -> decoded uint8 images in memory -> batches on the device.
+
+Small data sets are decoded ONCE, in parallel, into one uint8 tensor (N, H, W, C):
+every epoch after that indexes memory instead of decoding files again. The images go to
+the device as uint8 (a quarter of the bytes of float) and are normalised there with
+:func:`imgcls.models.preprocess.normalize`, the same definition eval and predict use.
+
+Data sets too large for memory (see ``PRELOAD_LIMIT_BYTES``) are decoded per batch by
+DataLoader workers instead. A decoded-image cache (memory-mapped uint8 file) can stand in
+for the in-memory tensor: anything that indexes like a uint8 NHWC tensor works.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from imgcls.errors import DataError
+from imgcls.manifest import Record, resolve_path
+from imgcls.training._console import detail, warn
+from imgcls.training.augment import AugmentSpec, PolicyAugment, random_affine
+
+PRELOAD_LIMIT_BYTES = int(os.environ.get("IMGCLS_PRELOAD_LIMIT_MB", "4096")) * (1 << 20)
+
+
+@dataclass
+class Splits:
+    train: list[Record]
+    val: list[Record]
+    carved_val: bool = False  # val was taken from train records (the manifest had none)
+
+
+def split_records(records: Sequence[Record], classes: Sequence[str], seed: int, val_fraction: float = 0.15,
+                  name: str = "manifest") -> Splits:
+    """Train and val records with labels; test records and unlabelled ones are not used.
+
+    Records without a ``split`` count as training data. Without any val record, a
+    stratified ``val_fraction`` of the training records is held out (with a warning):
+    early stopping and best-model selection need a validation set.
+    """
+    labelled = [r for r in records if r.get("label") is not None]
+    train = [r for r in labelled if r.get("split") in (None, "train")]
+    val = [r for r in labelled if r.get("split") == "val"]
+    if not train:
+        raise DataError(f"{name}: no labelled training records (split \"train\"); "
+                        f"split the data with imgcls prepare --val/--test")
+    present = sorted({r["label"] for r in train}, key=list(classes).index)
+    if len(present) < 2:
+        only = present[0] if present else "none"
+        raise DataError(f"{name}: training needs at least 2 classes with training images (found only: {only})")
+    missing = [c for c in classes if c not in set(present)]
+    if missing:
+        warn(f"classes without training images (the model keeps an output for them): {', '.join(missing[:5])}")
+    if val:
+        return Splits(train, val)
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, r in enumerate(train):
+        by_class.setdefault(r["label"], []).append(i)
+    held: set[int] = set()
+    for label, idx in by_class.items():
+        k = int(round(len(idx) * val_fraction))
+        if len(idx) >= 2:
+            k = min(max(k, 1), len(idx) - 1)
+        else:
+            k = 0
+        held.update(rng.choice(idx, size=k, replace=False).tolist() if k else [])
+    if not held:
+        raise DataError(f"{name}: no validation records (split \"val\") and too few training images to hold some out; "
+                        f"add images or split with imgcls prepare --val")
+    warn(f"{name}: no validation records (split \"val\"): holding out {len(held)} of {len(train)} training images "
+         f"({val_fraction:.0%} per class, seeded) for validation; split with imgcls prepare --val to choose")
+    return Splits([r for i, r in enumerate(train) if i not in held], [r for i, r in enumerate(train) if i in held],
+                  carved_val=True)
+
+
+def _peek(path: Path) -> tuple[int, int, str] | None:
+    """Width, height and mode from the image header only (no decoding)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.width, img.height, img.mode
+    except Exception:  # noqa: BLE001 - reported properly when the image is decoded
+        return None
+
+
+def infer_geometry(records: Sequence[Record], root: Path) -> tuple[int | None, bool]:
+    """(most common max side, all grayscale) of the records, peeking headers where prepare left no facts."""
+    from imgcls.images import channels_of_mode
+
+    sides: Counter[int] = Counter()
+    gray = True
+    for r in records:
+        w, h, mode = r.get("width"), r.get("height"), r.get("mode")
+        if w is None or h is None or mode is None:
+            peek = _peek(resolve_path(r, root))
+            if peek is None:
+                continue
+            w, h, mode = w or peek[0], h or peek[1], mode or peek[2]
+        sides[max(int(w), int(h))] += 1
+        if channels_of_mode(str(mode)) != 1:
+            gray = False
+    size = sides.most_common(1)[0][0] if sides else None
+    return size, gray
+
+
+def _decode(args: tuple[Path, int, int]) -> np.ndarray:
+    from imgcls.images import ImageRejected
+    from imgcls.models.preprocess import load_uint8
+
+    path, size, channels = args
+    try:
+        return load_uint8(path, size, channels)
+    except ImageRejected as exc:
+        raise DataError(f"{path}: cannot read image ({exc.detail}); was it changed since imgcls prepare? "
+                        f"rerun prepare to skip it") from None
+
+
+class ImageSet:
+    """Decoded images (uint8 N,H,W,C, in memory or decoded lazily) and their class indices."""
+
+    def __init__(self, paths: list[Path], labels: torch.Tensor, image_size: int, channels: int,
+                 images: torch.Tensor | None = None):
+        self.paths = paths
+        self.labels = labels
+        self.image_size = image_size
+        self.channels = channels
+        self.images = images  # None: decode on demand (too large to preload)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def preloaded(self) -> bool:
+        return self.images is not None
+
+    def item(self, i: int) -> torch.Tensor:
+        if self.images is not None:
+            return self.images[i]
+        return torch.from_numpy(np.array(_decode((self.paths[i], self.image_size, self.channels))))  # writable copy
+
+    @classmethod
+    def from_records(cls, records: Sequence[Record], root: Path, class_index: dict[str, int], image_size: int,
+                     channels: int, workers: int | None = None, preload: bool | None = None) -> ImageSet:
+        paths = [resolve_path(r, root) for r in records]
+        labels = torch.tensor([class_index[r["label"]] for r in records], dtype=torch.long)
+        nbytes = len(paths) * image_size * image_size * channels
+        if preload is None:
+            preload = nbytes <= PRELOAD_LIMIT_BYTES
+        dataset = cls(paths, labels, image_size, channels)
+        if preload:
+            dataset.images = preload_images(paths, image_size, channels, workers)
+        else:
+            missing = [p for p in paths if not p.exists()]
+            if missing:
+                raise DataError(f"{missing[0]}: no such file (was it moved since imgcls prepare?)")
+            detail(f"{len(paths)} images ({nbytes / 2**30:.1f} GiB decoded) are decoded per batch, not preloaded")
+        return dataset
+
+
+def preload_images(paths: Sequence[Path], image_size: int, channels: int, workers: int | None = None) -> torch.Tensor:
+    """Decode every image once, in parallel threads (Pillow releases the GIL while decoding)."""
+    out = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
+    threads = workers or min(8, (os.cpu_count() or 1) + 2)
+    jobs = ((p, image_size, channels) for p in paths)
+    if threads <= 1 or len(paths) < 64:
+        for i, arr in enumerate(map(_decode, jobs)):
+            out[i] = arr
+    else:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for i, arr in enumerate(pool.map(_decode, jobs, chunksize=32)):
+                out[i] = arr
+    return torch.from_numpy(out)
+
+
+class _ItemDataset(torch.utils.data.Dataset):
+    """One uint8 HWC image and its label per index (for DataLoader workers)."""
+
+    def __init__(self, data: ImageSet, policy: str | None):
+        self.data = data
+        self.policy = PolicyAugment(policy) if policy else None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = self.data.item(i)
+        if self.policy is not None:
+            img = self.policy(img[None])[0]
+        return img, self.data.labels[i]
+
+
+class Feeder:
+    """Batches for one pass: (normalised float NCHW on the device, labels on the device).
+
+    ``order`` comes from the caller's seeded generator, so the data order is the same
+    whichever path produces the batches (memory slicing or DataLoader workers).
+    """
+
+    def __init__(self, data: ImageSet, batch_size: int, device: torch.device, mean: Sequence[float],
+                 std: Sequence[float], augment: AugmentSpec | None = None, workers: int = 0,
+                 channels_last: bool = False):
+        self.data = data
+        self.batch_size = batch_size
+        self.device = device
+        self.mean = list(mean)
+        self.std = list(std)
+        self.augment = augment if augment is not None and augment.active else None
+        self.workers = workers
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def num_batches(self, drop_single: bool = False) -> int:
+        n = len(self.data)
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest and not (drop_single and rest == 1) else 0)
+
+    def _index_batches(self, order: torch.Tensor, drop_single: bool) -> list[torch.Tensor]:
+        chunks = list(torch.split(order, self.batch_size))
+        # A batch of one image breaks BatchNorm in training mode: drop it (it is reshuffled next epoch).
+        if drop_single and chunks and len(chunks[-1]) == 1 and len(chunks) > 1:
+            chunks.pop()
+        return chunks
+
+    def _uint8_batches(self, order: torch.Tensor, drop_single: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        chunks = self._index_batches(order, drop_single)
+        policy = self.augment.policy if self.augment is not None else None
+        if self.data.preloaded and policy is None:
+            for idx in chunks:
+                yield self.data.images[idx], self.data.labels[idx]
+            return
+        loader = torch.utils.data.DataLoader(
+            _ItemDataset(self.data, policy), batch_sampler=[c.tolist() for c in chunks], num_workers=self.workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+        )
+        try:
+            yield from loader
+        except DataError as exc:
+            # A worker's error arrives with its traceback in the message: keep the one line that matters.
+            last = str(exc).strip().splitlines()[-1]
+            raise DataError(last.split(": ", 1)[1] if last.startswith("imgcls.errors.") else last) from None
+
+    def batches(self, order: torch.Tensor | None = None, train: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised (and, when ``train``, augmented) batches in ``order`` (default: file order)."""
+        from imgcls.models.preprocess import normalize
+
+        if order is None:
+            order = torch.arange(len(self.data))
+        non_blocking = self.device.type == "cuda"
+        for images, labels in self._uint8_batches(order, drop_single=train):
+            x = normalize(images.to(self.device, non_blocking=non_blocking), self.mean, self.std)
+            if train and self.augment is not None:
+                x = random_affine(x, self.augment)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, labels.to(self.device, non_blocking=non_blocking)
+
+
+class FeatureFeeder:
+    """Batches of precomputed backbone features (frozen-backbone shortcut)."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int):
+        self.features = features
+        self.labels = labels.to(features.device)
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def num_batches(self, drop_single: bool = False) -> int:
+        n = len(self.labels)
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest and not (drop_single and rest == 1 and full) else 0)
+
+    def batches(self, order: torch.Tensor | None = None, train: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if order is None:
+            order = torch.arange(len(self.labels))
+        order = order.to(self.features.device)
+        chunks = list(torch.split(order, self.batch_size))
+        if train and len(chunks) > 1 and len(chunks[-1]) == 1:
+            chunks.pop()
+        for idx in chunks:
+            yield self.features[idx], self.labels[idx]
+
+
+@torch.no_grad()
+def extract_features(model: Any, feeder: Feeder, amp: Any = None) -> torch.Tensor:
+    """Run the (frozen, eval-mode) backbone once over every image, in file order."""
+    was_training = model.training
+    model.eval()
+    parts = []
+    try:
+        for x, _ in feeder.batches():
+            if amp is not None:
+                with amp():
+                    f = model.features(x)
+            else:
+                f = model.features(x)
+            parts.append(f.float())
+    finally:
+        model.train(was_training)
+    return torch.cat(parts) if parts else torch.empty(0, model.feature_dim, device=feeder.device)

@@ -1,0 +1,328 @@
+"""The one training loop shared by ``train`` and ``finetune``.
+
+Per epoch: shuffle with a seeded generator, step through batches (autocast on CUDA),
+evaluate on the validation set, keep the best weights by validation loss, write
+history and a checkpoint, stop early when the validation loss has not improved for
+``patience`` epochs. ``KeyboardInterrupt`` ends the loop cleanly: what was saved
+(best model so far, last checkpoint) stays usable.
+
+Hooks for distributed training (issue: torchrun/DDP) are kept in one place:
+``is_main`` decides who writes files and logs; ``_reduce`` sums metrics across ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from imgcls.errors import ImgclsError, UsageProblem
+from imgcls.training._console import detail, info
+from imgcls.training.config import TrainConfig
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA, then Apple MPS, then the CPU. An explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageProblem(f"--device {name}: not a device (auto, cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageProblem("--device cuda: no CUDA GPU is available to this PyTorch build")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageProblem("--device mps: Apple MPS is not available here")
+    return device
+
+
+class Precision:
+    """Autocast + grad scaler: bf16 on GPUs that support it, fp16 with a scaler otherwise; off on CPU/MPS."""
+
+    def __init__(self, device: torch.device, enabled: bool):
+        self.enabled = enabled and device.type == "cuda"
+        self.dtype = None
+        if self.enabled:
+            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
+        self.device_type = device.type
+
+    def autocast(self):
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    @property
+    def label(self) -> str:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr: float | None = None) -> list[dict]:
+    """Trainable parameters only; the head at ``lr``, the backbone at ``backbone_lr``; no decay on biases/norms."""
+    groups = []
+    parts = [("head", model.head, lr), ("backbone", model.backbone, lr if backbone_lr is None else backbone_lr)]
+    for name, module, group_lr in parts:
+        params = [p for p in module.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        if decay:
+            groups.append({"params": decay, "lr": group_lr, "weight_decay": weight_decay, "name": name})
+        if no_decay:
+            groups.append({"params": no_decay, "lr": group_lr, "weight_decay": 0.0, "name": f"{name}-no-decay"})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr)
+    if not groups:
+        raise UsageProblem("nothing to train: every parameter is frozen")
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    raise UsageProblem(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """cosine: per batch from the initial rate to 0 over ``epochs``; plateau: x0.2 after 2 flat epochs."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs * steps_per_epoch))
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.2, patience=2)
+    return None
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_epoch: int | None = None
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+    interrupted: bool = False
+    epochs_run: int = 0  # epochs of this phase completed (including before a resume)
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint must restore besides tensors."""
+
+    epoch: int = 0  # epochs of this phase completed
+    best_val_loss: float = math.inf
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Fits ``model`` on feeders; ``forward(model, x)`` maps a batch to logits.
+
+    ``on_best(model, result)`` is called when the validation loss improves (the run folder
+    saves the model then), ``on_epoch(trainer, record)`` after every epoch (checkpoint,
+    history, user callbacks; raising KeyboardInterrupt there stops like Ctrl-C).
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, train_feed: Any, val_feed: Any, device: torch.device, *,
+                 forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                 class_weights: torch.Tensor | None = None, epoch_offset: int = 0,
+                 history: Sequence[dict[str, Any]] = (), reporter: Any = None,
+                 on_best: Callable[..., None] | None = None, on_epoch: Sequence[Callable[..., None]] = (),
+                 baseline: bool = False, baseline_epoch: int | None = None):
+        self.model = model
+        self.cfg = cfg
+        self.train_feed = train_feed
+        self.val_feed = val_feed
+        self.device = device
+        self.forward = forward or (lambda m, x: m(x))
+        self.precision = Precision(device, cfg.amp)
+        self.optimizer = build_optimizer(model, cfg)
+        self.steps_per_epoch = train_feed.num_batches(drop_single=True)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        weight = class_weights.to(device) if class_weights is not None else None
+        self.train_loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        self.val_loss_fn = nn.CrossEntropyLoss(reduction="sum")  # plain NLL: comparable across runs
+        self.epoch_offset = epoch_offset
+        self.state = TrainerState(history=list(history))
+        self.reporter = reporter
+        self.on_best = on_best
+        self.on_epoch = list(on_epoch)
+        self.baseline = baseline
+        self.baseline_epoch = epoch_offset if baseline_epoch is None else baseline_epoch
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.is_main = True
+
+    # -- distributed hooks ------------------------------------------------------------
+    def _reduce(self, values: list[float]) -> list[float]:
+        """Sum metrics over ranks (identity in a single process)."""
+        return values
+
+    # -- one pass ---------------------------------------------------------------------
+    def set_train_mode(self) -> None:
+        """train() for what trains; with ``freeze_bn`` the backbone's BatchNorm layers keep their statistics.
+
+        Fine-tuning pretrained weights on small batches of other images would otherwise replace
+        ImageNet's running statistics with noisy batch statistics and wreck the features the head
+        was trained on (Keras gives the same advice: keep BatchNormalization in inference mode).
+        """
+        self.model.train()
+        if self.cfg.freeze_bn:
+            for module in self.model.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+    def train_epoch(self, advance: Callable[[float], None]) -> tuple[float, float]:
+        model, opt, precision = self.model, self.optimizer, self.precision
+        self.set_train_mode()
+        order = torch.randperm(len(self.train_feed), generator=self.generator)
+        total_loss = correct = count = 0.0
+        per_step = self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        for x, y in self.train_feed.batches(order, train=True):
+            with precision.autocast():
+                logits = self.forward(model, x)
+            loss = self.train_loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            precision.scaler.scale(loss).backward()
+            precision.scaler.step(opt)
+            precision.scaler.update()
+            if per_step:
+                self.scheduler.step()
+            n = y.shape[0]
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise ImgclsError(f"training diverged (loss {value}) at epoch {self.epoch_offset + self.state.epoch + 1}: "
+                                  f"lower --lr (now {self.cfg.lr:g})")
+            total_loss += value * n
+            correct += float((logits.argmax(1) == y).sum())
+            count += n
+            advance(value)
+        total_loss, correct, count = self._reduce([total_loss, correct, count])
+        return total_loss / max(count, 1), correct / max(count, 1)
+
+    @torch.no_grad()
+    def evaluate(self, feed: Any) -> tuple[float, float]:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        total_loss = correct = count = 0.0
+        try:
+            for x, y in feed.batches():
+                with self.precision.autocast():
+                    logits = self.forward(model, x)
+                total_loss += float(self.val_loss_fn(logits.float(), y))
+                correct += float((logits.argmax(1) == y).sum())
+                count += y.shape[0]
+        finally:
+            model.train(was_training)
+        total_loss, correct, count = self._reduce([total_loss, correct, count])
+        return total_loss / max(count, 1), correct / max(count, 1)
+
+    def current_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
+
+    # -- the loop ---------------------------------------------------------------------
+    def fit(self) -> FitResult:
+        cfg, st = self.cfg, self.state
+        result = FitResult(history=st.history)
+        try:
+            if self.baseline and st.epoch == 0 and self.best_state is None:
+                val_loss, val_acc = self.evaluate(self.val_feed)
+                st.best_val_loss, st.best_epoch = val_loss, self.baseline_epoch
+                self.best_state = self.snapshot()
+                info(f"starting point: val loss {val_loss:.4f} acc {val_acc:.3f}")
+            while st.epoch < cfg.epochs:
+                if cfg.patience and st.bad_epochs >= cfg.patience:
+                    result.stopped_early = True
+                    break
+                epoch_no = self.epoch_offset + st.epoch + 1
+                t0 = time.perf_counter()
+                ctx = self.reporter.epoch(epoch_no, self.steps_per_epoch) if self.reporter else contextlib.nullcontext(lambda v: None)
+                with ctx as advance:
+                    train_loss, train_acc = self.train_epoch(advance)
+                val_loss, val_acc = self.evaluate(self.val_feed)
+                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.scheduler.step(val_loss)
+                improved = val_loss < st.best_val_loss
+                st.epoch += 1
+                if improved:
+                    st.best_val_loss, st.best_epoch, st.bad_epochs = val_loss, epoch_no, 0
+                    self.best_state = self.snapshot()
+                else:
+                    st.bad_epochs += 1
+                record = {
+                    "epoch": epoch_no, "phase": cfg.phase,
+                    "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
+                    "val_loss": round(val_loss, 6) if math.isfinite(val_loss) else None,
+                    "val_acc": round(val_acc, 6), "lr": self.current_lr(),
+                    "seconds": round(time.perf_counter() - t0, 3), "best": improved,
+                }
+                st.history.append(record)
+                if self.reporter and self.is_main:
+                    self.reporter.end_epoch(record)
+                if improved and self.on_best is not None and self.is_main:
+                    self.on_best(self.model, st)
+                for hook in self.on_epoch:
+                    hook(self, record)
+                if cfg.patience and st.bad_epochs >= cfg.patience and st.epoch < cfg.epochs:
+                    result.stopped_early = True
+                    break
+            if result.stopped_early and self.is_main:
+                info(f"early stopping: validation loss has not improved for {cfg.patience} epochs "
+                     f"(best: epoch {st.best_epoch}, val loss {st.best_val_loss:.4f})")
+        except KeyboardInterrupt:
+            result.interrupted = True
+        result.best_epoch = st.best_epoch
+        result.best_val_loss = st.best_val_loss
+        result.epochs_run = st.epoch
+        return result
+
+    def restore_best(self) -> bool:
+        """Load the best weights seen (by validation loss) into the model."""
+        if self.best_state is None:
+            return False
+        self.model.load_state_dict(self.best_state)
+        detail(f"restored the best weights (epoch {self.state.best_epoch})")
+        return True
+
+    # -- checkpoints ------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        st = self.state
+        return {"epoch": st.epoch, "best_val_loss": st.best_val_loss if math.isfinite(st.best_val_loss) else None,
+                "best_epoch": st.best_epoch, "bad_epochs": st.bad_epochs, "history": st.history,
+                "epoch_offset": self.epoch_offset, "config": self.cfg.to_dict()}
+
+    def load_checkpoint(self, ckpt: Any, best_state: dict[str, torch.Tensor] | None) -> None:
+        from imgcls.training.checkpoint import restore_rng
+
+        self.model.load_state_dict(ckpt.model_state())
+        self.optimizer.load_state_dict(ckpt.optimizer_state())
+        meta = ckpt.meta
+        if self.scheduler is not None and meta.get("scheduler"):
+            self.scheduler.load_state_dict(meta["scheduler"])
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+                # --epochs may have grown on resume: stretch the cosine to the new end.
+                self.scheduler.T_max = max(1, self.cfg.epochs * self.steps_per_epoch)
+        if meta.get("scaler") and self.precision.scaler.is_enabled():
+            self.precision.scaler.load_state_dict(meta["scaler"])
+        restore_rng(ckpt, self.generator)
+        st = self.state
+        st.epoch = int(meta["epoch"])
+        st.best_val_loss = math.inf if meta.get("best_val_loss") is None else float(meta["best_val_loss"])
+        st.best_epoch = meta.get("best_epoch")
+        st.bad_epochs = int(meta.get("bad_epochs", 0))
+        st.history = list(meta.get("history", []))
+        self.best_state = best_state

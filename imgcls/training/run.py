@@ -1,0 +1,444 @@
+"""Train, resume and fine-tune runs: from a manifest to a run folder.
+
+The three entry points resolve their configuration and model differently, then hand
+over to one :class:`Session` that decodes the data, runs the shared
+:class:`~imgcls.training.loop.Trainer` and writes the run folder.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgcls.errors import DataError, UsageProblem
+from imgcls.manifest import Header, Record, manifest_hash
+from imgcls.training._console import detail, info, warn
+from imgcls.training.config import TrainConfig
+from imgcls.training.data import (Feeder, FeatureFeeder, ImageSet, Splits, extract_features, infer_geometry,
+                                  split_records)
+from imgcls.training.loop import FitResult, Trainer, resolve_device
+from imgcls.training.rundir import RunDir, resolve_run
+
+SCRATCH_SIZE_RANGE = (8, 64)
+MIN_SIZE_PRETRAINABLE = 32
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    model_path: Path | None
+    fit: FitResult
+    config: TrainConfig
+    classes: list[str]
+
+    @property
+    def interrupted(self) -> bool:
+        return self.fit.interrupted
+
+
+# -- configuration helpers ------------------------------------------------------------------
+
+def _per_channel(values: Sequence[float], channels: int, what: str) -> list[float]:
+    values = [float(v) for v in values]
+    if len(values) == 1:
+        return values * channels
+    if len(values) != channels:
+        raise UsageProblem(f"{what}: {len(values)} values for a {channels}-channel model")
+    if what.endswith("std") and any(v <= 0 for v in values):
+        raise UsageProblem(f"{what}: standard deviations must be positive")
+    return values
+
+
+def resolve_geometry(cfg: TrainConfig, spec: Any, train: Sequence[Record], root: Path) -> tuple[int, int]:
+    """Input size and channels: options first, then the architecture, then the data."""
+    size, channels = cfg.image_size or None, cfg.channels or None
+    if spec.channels is not None:
+        if channels is not None and channels != spec.channels:
+            raise UsageProblem(f"--channels {channels}: {spec.name} takes {spec.channels}-channel input "
+                               f"(images are converted)")
+        channels = spec.channels
+    need_data = size is None and spec.default_size is None or channels is None
+    common, gray = infer_geometry(train, root) if need_data else (None, False)
+    if size is None:
+        if spec.default_size is not None:
+            size = spec.default_size
+        else:
+            lo, hi = SCRATCH_SIZE_RANGE
+            size = min(max(common or 32, lo), hi)
+            detail(f"image size {size} px (most common image side {common}, clamped to [{lo}, {hi}]; --image-size overrides)")
+    if channels is None:
+        channels = 1 if gray else 3
+    low = MIN_SIZE_PRETRAINABLE if spec.pretrainable else SCRATCH_SIZE_RANGE[0]
+    if size < low:
+        raise UsageProblem(f"--image-size {size}: {spec.name} needs at least {low} px")
+    return int(size), int(channels)
+
+
+def model_info(cfg: TrainConfig, classes: Sequence[str], mhash: str, extra: dict[str, Any] | None = None):
+    from imgcls import __version__
+    from imgcls.models.io import ModelInfo
+
+    return ModelInfo(
+        arch=cfg.arch, classes=list(classes), image_size=cfg.image_size, channels=cfg.channels,
+        mean=list(cfg.mean), std=list(cfg.std), arch_options=dict(cfg.arch_options), dropout=cfg.dropout,
+        trainable_blocks=cfg.trainable_blocks, imgcls_version=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), config=cfg.to_dict(), manifest_hash=mhash,
+        parent=cfg.parent, extra=dict(extra or {}),
+    )
+
+
+def _check_blocks(model: Any, n: int | None, what: str) -> None:
+    if n is not None and (n < 0 or n > len(model.blocks)):
+        raise UsageProblem(f"{what} {n}: this architecture has {len(model.blocks)} blocks (use 0..{len(model.blocks)} or all)")
+
+
+def class_weights_for(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``auto``: n / (k * count) per class (scikit-learn's "balanced"); 0 for absent classes."""
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    present = counts > 0
+    weights = torch.zeros(num_classes)
+    weights[present] = labels.numel() / (present.sum() * counts[present])
+    return weights
+
+
+# -- the shared session ---------------------------------------------------------------------
+
+class Session:
+    """Data, trainer and run folder for one phase of training (train, resume or finetune)."""
+
+    def __init__(self, model: Any, cfg: TrainConfig, classes: Sequence[str], splits: Splits, root: Path,
+                 mhash: str, *, epoch_offset: int = 0, history: Sequence[dict] = (), baseline: bool = False,
+                 baseline_epoch: int | None = None, callbacks: Sequence[Callable[..., None]] = ()):
+        self.model = model
+        self.cfg = cfg
+        self.classes = list(classes)
+        self.splits = splits
+        self.root = root
+        self.mhash = mhash
+        self.epoch_offset = epoch_offset
+        self.history = list(history)
+        self.baseline = baseline
+        self.baseline_epoch = baseline_epoch
+        self.callbacks = list(callbacks)
+        self.device = resolve_device(cfg.device)
+        self.run: RunDir | None = None
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+
+    def prepare(self) -> Trainer:
+        """Decode images, build feeders (or cached features) and the trainer. No files are written yet."""
+        from imgcls.training.augment import preset
+        from imgcls.training.progress import EpochReporter
+
+        cfg, device, model = self.cfg, self.device, self.model
+        index = {c: i for i, c in enumerate(self.classes)}
+        t0 = time.perf_counter()
+        train_set = ImageSet.from_records(self.splits.train, self.root, index, cfg.image_size, cfg.channels)
+        val_set = ImageSet.from_records(self.splits.val, self.root, index, cfg.image_size, cfg.channels)
+        info(f"{cfg.arch}: {len(train_set)} training and {len(val_set)} validation images, "
+             f"{cfg.image_size}x{cfg.image_size}x{cfg.channels}, decoded in {time.perf_counter() - t0:.1f}s; "
+             f"device {device.type}")
+        channels_last = cfg.channels_last and device.type == "cuda"
+        model.to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        augment = preset(cfg.augment, cfg.flip)
+        train_feed: Any = Feeder(train_set, cfg.batch_size, device, cfg.mean, cfg.std, augment, cfg.workers, channels_last)
+        val_feed: Any = Feeder(val_set, max(cfg.batch_size, 256), device, cfg.mean, cfg.std, None, cfg.workers, channels_last)
+        forward = None
+        if cfg.frozen and not augment.active and cfg.feature_cache:
+            # Frozen backbone, no augmentation: its output never changes, so compute it once
+            # and train the head on the features (the model file still holds backbone + head).
+            t0 = time.perf_counter()
+            from imgcls.training.loop import Precision
+
+            amp = Precision(device, cfg.amp)
+            train_feed = FeatureFeeder(extract_features(model, train_feed, amp.autocast), train_set.labels, cfg.batch_size)
+            val_feed = FeatureFeeder(extract_features(model, val_feed, amp.autocast), val_set.labels, max(cfg.batch_size, 256))
+            info(f"frozen backbone: features of {len(train_set) + len(val_set)} images computed once "
+                 f"in {time.perf_counter() - t0:.1f}s; the epochs train the head on them")
+
+            def forward(m: Any, x: torch.Tensor) -> torch.Tensor:
+                return m.head(x)
+
+        weights = class_weights_for(train_set.labels, len(self.classes)) if cfg.class_weights == "auto" else None
+        last_epoch = self.epoch_offset + cfg.epochs
+        self.trainer = Trainer(model, cfg, train_feed, val_feed, device, forward=forward, class_weights=weights,
+                               epoch_offset=self.epoch_offset, history=self.history,
+                               reporter=EpochReporter(last_epoch), baseline=self.baseline,
+                               baseline_epoch=self.baseline_epoch)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        detail(f"{trainable:,} of {model.count_parameters():,} parameters train; precision {self.trainer.precision.label}")
+        return self.trainer
+
+    def start(self, run: RunDir) -> None:
+        """Attach the run folder: the trainer saves the best model, history and checkpoint into it."""
+        self.run = run
+        trainer = self.trainer
+        trainer.on_best = lambda model, state: self.save_model(extra={"best_epoch": state.best_epoch})
+        trainer.on_epoch = [self._after_epoch, *self.callbacks]
+
+    def _after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        from imgcls.training.checkpoint import save_checkpoint
+
+        assert self.run is not None
+        self.run.write_history(trainer.state.history)
+        if self.cfg.checkpoint:
+            state = trainer.checkpoint_state()
+            state.update(classes=self.classes, manifest_hash=self.mhash)
+            save_checkpoint(self.run.checkpoint_path, model=trainer.model, optimizer=trainer.optimizer,
+                            scheduler=trainer.scheduler, scaler=trainer.precision.scaler, generator=trainer.generator,
+                            state=state)
+
+    def save_model(self, extra: dict[str, Any] | None = None) -> Path:
+        from imgcls.models.io import save_model
+
+        assert self.run is not None
+        return save_model(self.run.model_path, self.model, model_info(self.cfg, self.classes, self.mhash, extra))
+
+    def finish(self) -> RunResult:
+        """Fit, then restore the best weights and write the final files. Cleans up a run that never got a model."""
+        assert self.run is not None
+        trainer, run = self.trainer, self.run
+        try:
+            result = trainer.fit()
+        except BaseException:
+            run.remove_if_unused()
+            raise
+        if trainer.best_state is not None and not result.interrupted:
+            trainer.restore_best()
+            extra = {"best_epoch": result.best_epoch, "epochs_run": self.epoch_offset + result.epochs_run,
+                     "stopped_early": result.stopped_early,
+                     "val_loss": result.best_val_loss if math.isfinite(result.best_val_loss) else None}
+            best = [h for h in result.history if h["epoch"] == result.best_epoch]
+            if best:
+                extra["val_acc"] = best[-1]["val_acc"]
+            self.save_model(extra=extra)
+        if result.history:
+            run.write_history(result.history)
+            try:
+                run.write_plot(result.history)
+            except Exception as exc:  # noqa: BLE001 - a plot is never worth failing a run for
+                detail(f"no learning-curve plot: {exc}")
+        if not run.model_path.exists():
+            run.remove_if_unused()
+            return RunResult(run.path, None, result, self.cfg, self.classes)
+        run.update_latest()
+        return RunResult(run.path, run.model_path, result, self.cfg, self.classes)
+
+
+def _write_manifest_copy(run: RunDir, header: Header, records: Sequence[Record], root: Path) -> None:
+    """The data the run used, for --resume; relative paths keep resolving (root made explicit)."""
+    from imgcls.manifest import write_manifest
+
+    header = dict(header)
+    header.setdefault("root", str(Path(root).resolve()))
+    write_manifest(run.manifest_path, header, records)
+
+
+# -- train ----------------------------------------------------------------------------------
+
+def train(header: Header, records: Sequence[Record], root: Path, cfg: TrainConfig, *, out: Path | str | None = None,
+          callbacks: Sequence[Callable[..., None]] = (), name: str = "manifest") -> RunResult:
+    """Train ``cfg.arch`` on the manifest's train split, selecting on its val split."""
+    from imgcls.models.registry import get_model, get_spec
+    from imgcls.models.weights import SCRATCH_MEAN, SCRATCH_STD, load_backbone_state, resolve_pretrained
+
+    spec = get_spec(cfg.arch)
+    classes = list(header["classes"])
+    splits = split_records(records, classes, cfg.seed, cfg.val_fraction, name)
+    if cfg.pretrained and not spec.pretrainable and not cfg.weights:
+        raise UsageProblem(f"{cfg.arch} is trained from scratch: it has no pretrained weights (drop --pretrained, "
+                           f"or pass --weights FILE to start from a saved state dict)")
+    use_torchvision = spec.pretrainable and cfg.weights is None and cfg.pretrained is not False
+    image_size, channels = resolve_geometry(cfg, spec, splits.train, root)
+    pre = resolve_pretrained(cfg.arch, pretrained=use_torchvision, weights_file=cfg.weights,
+                             progress=False)
+    if pre is not None:
+        info(f"pretrained weights: {pre.source}")
+    if cfg.trainable_blocks == 0 and pre is None:
+        warn(f"--freeze without pretrained weights: only the head trains on a randomly initialised {cfg.arch} backbone")
+    if cfg.mean:
+        mean = _per_channel(cfg.mean, channels, "--mean")
+    elif pre is not None and pre.mean:
+        mean = _per_channel(pre.mean, channels, f"{pre.source}: mean")
+    else:
+        mean = [SCRATCH_MEAN] * channels
+    if cfg.std:
+        std = _per_channel(cfg.std, channels, "--std")
+    elif pre is not None and pre.std:
+        std = _per_channel(pre.std, channels, f"{pre.source}: std")
+    else:
+        std = [SCRATCH_STD] * channels
+    cfg = replace(cfg, phase="train", image_size=image_size, channels=channels, mean=mean, std=std,
+                  pretrained=pre is not None, weights_source=pre.source if pre is not None else None,
+                  freeze_bn=(pre is not None) if cfg.freeze_bn is None else cfg.freeze_bn)
+
+    torch.manual_seed(cfg.seed)
+    model = get_model(cfg.arch, num_classes=len(classes), in_channels=channels, dropout=cfg.dropout,
+                      pretrained=False, weights=pre if (pre is not None and spec.pretrainable) else None,
+                      **cfg.arch_options)
+    if pre is not None and not spec.pretrainable:
+        load_backbone_state(model.backbone, pre.state_dict, (), cfg.arch, pre.source)
+    _check_blocks(model, cfg.trainable_blocks, "--unfreeze")
+    if cfg.trainable_blocks is not None:
+        model.set_trainable_blocks(cfg.trainable_blocks)
+
+    mhash = manifest_hash(header, records)
+    session = Session(model, cfg, classes, splits, root, mhash, callbacks=callbacks)
+    session.prepare()
+    run = RunDir.create(out, cfg.arch)
+    try:
+        _write_manifest_copy(run, header, records, root)
+    except BaseException:
+        run.remove_if_unused()
+        raise
+    session.start(run)
+    info(f"run folder: {run.path}")
+    return session.finish()
+
+
+# -- resume ---------------------------------------------------------------------------------
+
+def resume(run_path: str | Path, *, header: Header | None = None, records: Sequence[Record] | None = None,
+           root: Path | None = None, overrides: dict[str, Any] | None = None,
+           callbacks: Sequence[Callable[..., None]] = ()) -> tuple[RunResult, Header, list[Record]]:
+    """Continue an interrupted run in its own folder from its last checkpoint.
+
+    The data is the manifest saved in the run folder, unless one is given (it must be the same).
+    Returns the result plus the manifest used (for the stdout stream).
+    """
+    from safetensors.torch import load_file
+
+    from imgcls.manifest import read_all
+    from imgcls.models.registry import get_model
+    from imgcls.training.checkpoint import load_checkpoint
+
+    run = RunDir(resolve_run(run_path))
+    if not run.path.is_dir():
+        raise UsageProblem(f"--resume {run_path}: no such run folder")
+    ckpt = load_checkpoint(run.checkpoint_path)
+    meta = ckpt.meta
+    cfg = TrainConfig.from_dict(meta["config"])
+    if overrides:
+        cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if records is None or not records:
+        if not run.manifest_path.exists():
+            raise DataError(f"{run.path}: no manifest.jsonl in the run folder; pipe in the manifest it was trained on")
+        header, records, reader = read_all(run.manifest_path)
+        root = reader.root
+    assert header is not None and root is not None
+    mhash = manifest_hash(header, records)
+    if mhash != meta.get("manifest_hash"):
+        raise DataError(f"{run.path}: the manifest differs from the one this run was trained on "
+                        f"(hash {mhash} vs {meta.get('manifest_hash')}); resume needs the same data")
+    classes = list(meta["classes"])
+    done = int(meta["epoch"])
+    if done >= cfg.epochs:
+        raise UsageProblem(f"--resume {run.path}: all {cfg.epochs} epochs are done; pass a larger --epochs to continue")
+    splits = split_records(records, classes, cfg.seed, cfg.val_fraction, str(run.manifest_path))
+    model = get_model(cfg.arch, num_classes=len(classes), in_channels=cfg.channels, dropout=cfg.dropout,
+                      pretrained=False, **cfg.arch_options)
+    if cfg.trainable_blocks is not None:
+        model.set_trainable_blocks(cfg.trainable_blocks)
+    offset = int(meta.get("epoch_offset", 0))
+    session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, callbacks=callbacks)
+    trainer = session.prepare()
+    best_state = None
+    if run.model_path.exists():
+        try:
+            best_state = load_file(str(run.model_path))
+        except Exception:  # noqa: BLE001 - the checkpoint alone is enough to continue
+            warn(f"{run.model_path}: unreadable; the best model restarts from the checkpoint")
+    trainer.load_checkpoint(ckpt, best_state)
+    if best_state is None:
+        trainer.state.best_val_loss = math.inf
+    session.start(run)
+    info(f"resuming {run.path} after epoch {offset + done}")
+    return session.finish(), header, list(records)
+
+
+# -- finetune -------------------------------------------------------------------------------
+
+def read_parent_history(model_path: Path) -> list[dict[str, Any]]:
+    """The history.jsonl beside a model file (its run folder), if any."""
+    import json
+
+    path = model_path.parent / "history.jsonl"
+    if not path.exists():
+        return []
+    history = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                history.append(json.loads(line))
+            except ValueError:
+                warn(f"{path}: damaged line skipped")
+    return history
+
+
+def finetune(header: Header, records: Sequence[Record], root: Path, model_path: str | Path,
+             overrides: dict[str, Any], *, unfreeze: int | None, backbone_lr_ratio: float | None = 0.1,
+             out: Path | str | None = None, callbacks: Sequence[Callable[..., None]] = (),
+             name: str = "manifest") -> RunResult:
+    """Continue training a saved model with the last ``unfreeze`` blocks trainable (None: all).
+
+    Configuration is inherited from the parent model's training config, then ``overrides``
+    (None values mean "inherit"). The backbone learns at ``backbone_lr`` or
+    ``lr * backbone_lr_ratio``.
+    """
+    from imgcls.models.io import load_model, resolve_model_path
+
+    path = resolve_model_path(model_path)
+    model, minfo = load_model(path)
+    classes = list(minfo.classes)
+    manifest_classes = list(header.get("classes") or [])
+    unknown = [c for c in manifest_classes if c not in classes]
+    if unknown:
+        raise DataError(f"{name}: classes unknown to the model {path}: {', '.join(unknown[:5])} "
+                        f"(the model knows: {', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}); "
+                        f"fine-tuning keeps the model's classes; train a new model for new classes")
+    parent_cfg = TrainConfig.from_dict(minfo.config) if minfo.config else TrainConfig(arch=minfo.arch)
+    cfg = replace(parent_cfg, arch=minfo.arch, arch_options=dict(minfo.arch_options), dropout=minfo.dropout,
+                  image_size=minfo.image_size, channels=minfo.channels, mean=list(minfo.mean), std=list(minfo.std),
+                  phase="finetune", parent=str(path.resolve()), trainable_blocks=unfreeze)
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("freeze_bn") is None:
+        cfg = replace(cfg, freeze_bn=True)  # the parent's statistics fit this data (or ImageNet's fit its weights)
+    if overrides.get("backbone_lr") is None:
+        cfg = replace(cfg, backbone_lr=cfg.lr * backbone_lr_ratio if backbone_lr_ratio is not None else None)
+    splits = split_records(records, classes, cfg.seed, cfg.val_fraction, name)
+    _check_blocks(model, unfreeze, "--unfreeze")
+    torch.manual_seed(cfg.seed)
+    model.set_trainable_blocks(unfreeze)
+    model.train()
+    history = read_parent_history(path)
+    offset = max((int(h.get("epoch", 0)) for h in history), default=0)
+    for h in history:
+        h.setdefault("phase", "train")
+    mhash = manifest_hash(header, records)
+    parent_best = minfo.extra.get("best_epoch")  # the starting weights are the parent's best epoch
+    session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, history=history,
+                      baseline=True, baseline_epoch=parent_best if isinstance(parent_best, int) else offset,
+                      callbacks=callbacks)
+    session.prepare()
+    run = RunDir.create(out, f"{cfg.arch}-finetune")
+    try:
+        _write_manifest_copy(run, header, records, root)
+    except BaseException:
+        run.remove_if_unused()
+        raise
+    session.start(run)
+    blocks = "all blocks" if unfreeze is None else f"the last {unfreeze} of {len(model.blocks)} blocks"
+    info(f"fine-tuning {path} ({blocks}; head lr {cfg.lr:g}, backbone lr {cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr:g}); "
+         f"run folder: {run.path}")
+    # The starting point counts as "best so far" (baseline), so the run folder holds a usable model at once.
+    session.save_model(extra={"best_epoch": session.trainer.baseline_epoch})
+    return session.finish()
+
