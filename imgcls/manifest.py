@@ -298,6 +298,9 @@ class ManifestWriter:
                 os.fsync(self._stream.fileno())
             self._stream.close()
             if ok:
+                from imgcls.fsutil import _match_permissions
+
+                _match_permissions(self._tmp, self._dest)  # type: ignore[arg-type]
                 os.replace(self._tmp, self._dest)  # type: ignore[arg-type]
         finally:
             if self._tmp.exists():

@@ -65,3 +65,9 @@ def invoke(runner):
 
 def read_jsonl(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Tests never read or fill the user's real decoded-image cache."""
+    monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path_factory.mktemp("imgcls-cache")))

@@ -158,3 +158,18 @@ def test_manifest_hash_changes_with_labels():
     h1 = mf.manifest_hash(header, recs)
     recs[0]["label"] = "b"
     assert mf.manifest_hash(header, recs) != h1
+
+
+def test_manifest_written_file_gets_normal_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        dest = tmp_path / "m.jsonl"
+        mf.write_manifest(dest, mf.make_header(["a"]), [{"path": "x", "label": "a"}])
+        assert dest.stat().st_mode & 0o777 == 0o644
+        os.chmod(dest, 0o600)
+        mf.write_manifest(dest, mf.make_header(["a"]), [])
+        assert dest.stat().st_mode & 0o777 == 0o600  # an existing file keeps its mode
+    finally:
+        os.umask(old)

@@ -429,3 +429,21 @@ def test_train_weights_from_an_imgcls_model_file(invoke, manifest, tmp_path):
     wrong = _train(invoke, manifest, tmp_path / "c", "--epochs", "1", "--width", "4",
                    "--weights", str(tmp_path / "a" / "model.safetensors"))
     assert wrong.exit_code == 1 and "do not fit cnn" in wrong.stderr and not (tmp_path / "c").exists()
+
+
+def test_train_decodes_once_through_the_shared_cache(invoke, manifest, tmp_path):
+    cache = tmp_path / "cache"
+    first = _train(invoke, manifest, tmp_path / "r1", "--cache-dir", str(cache), "--epochs", "1")
+    assert first.exit_code == 0, first.stderr
+    entries = sorted((cache / "decoded").glob("*.npy"))
+    assert len(entries) == 2  # the train and the val images
+    stamps = [e.stat().st_mtime_ns for e in entries]
+    second = _train(invoke, manifest, tmp_path / "r2", "--cache-dir", str(cache), "--epochs", "1")
+    assert second.exit_code == 0, second.stderr
+    assert [e.stat().st_mtime_ns for e in sorted((cache / "decoded").glob("*.npy"))] == stamps  # reused, not rewritten
+    # same data from the cache: same seed gives the same weights
+    assert all(torch.equal(a, b) for a, b in zip(_tensors(tmp_path / "r1" / "model.safetensors").values(),
+                                                  _tensors(tmp_path / "r2" / "model.safetensors").values()))
+    off = _train(invoke, manifest, tmp_path / "r3", "--cache-dir", str(tmp_path / "other"), "--no-cache", "--epochs", "1")
+    assert off.exit_code == 0, off.stderr
+    assert not (tmp_path / "other").exists()

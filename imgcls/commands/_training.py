@@ -77,6 +77,12 @@ def loop_options(inherit: bool) -> Callable:
             _opt("--threads", type=click.IntRange(min=0), default=0, show_default=True,
                  help="CPU threads for PyTorch (0: its default, one per core). On a CPU shared with other "
                       "jobs, fewer threads than cores avoids threads waiting on each other."),
+            _opt("--cache/--no-cache", default=True, show_default=True,
+                 help="Keep decoded, resized images in the on-disk cache shared with eval, so the next run on "
+                      "the same unchanged files skips decoding (entries keyed by each file's path, size and "
+                      "modification time, the image size and channels; damaged entries are rebuilt)."),
+            _opt("--cache-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+                 help="Where the decoded-image cache lives. Default: $IMGCLS_CACHE, else ~/.cache/imgcls."),
             _opt("--feature-cache/--no-feature-cache", default=True, show_default=True,
                  help="With a frozen backbone and --augment none, compute its features once and train the head "
                       "on them (identical result, epochs cost almost nothing). --no-feature-cache runs the "

@@ -30,7 +30,7 @@ class Unfreeze(click.ParamType):
         return n
 
 
-RESUME_MAY_CHANGE = ("resume", "epochs", "patience", "device", "workers", "threads", "manifest", "output",
+RESUME_MAY_CHANGE = ("resume", "epochs", "patience", "device", "workers", "threads", "cache", "cache_dir", "manifest", "output",
                      "debug", "quiet", "verbose")
 
 
@@ -94,7 +94,7 @@ def command(manifest: str, model: str | None, unfreeze: int | str, lr: float, ba
         if manifest != "-" or not sys.stdin.isatty():
             header, records, reader = read_all(open_input(manifest))
             root = reader.root
-        overrides = {k: loop[k] for k in ("epochs", "patience", "device", "workers", "threads")
+        overrides = {k: loop[k] for k in ("epochs", "patience", "device", "workers", "threads", "cache", "cache_dir")
                      if src(k) == click.core.ParameterSource.COMMANDLINE}
         result, header, records = resume_run(resume, header=header, records=records, root=root, overrides=overrides)
         report_result(result, "finetune")

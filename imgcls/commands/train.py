@@ -45,7 +45,7 @@ def _list_archs(as_json: bool) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1])
 
 
-RESUME_MAY_CHANGE = ("resume", "epochs", "patience", "device", "workers", "threads", "manifest", "output",
+RESUME_MAY_CHANGE = ("resume", "epochs", "patience", "device", "workers", "threads", "cache", "cache_dir", "manifest", "output",
                      "debug", "quiet", "verbose")
 
 
@@ -156,7 +156,7 @@ def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_siz
             header, records, reader = read_all(open_input(manifest))
             root = reader.root
         src = ctx.get_parameter_source
-        overrides = {k: loop[k] for k in ("epochs", "patience", "device", "workers", "threads")
+        overrides = {k: loop[k] for k in ("epochs", "patience", "device", "workers", "threads", "cache", "cache_dir")
                      if src(k) == click.core.ParameterSource.COMMANDLINE}
         result, header, records = resume_run(resume, header=header, records=records, root=root, overrides=overrides)
         report_result(result, "train")

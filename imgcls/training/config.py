@@ -47,6 +47,8 @@ class TrainConfig:
     channels_last: bool = True
     workers: int = 0
     threads: int = 0  # torch intra-op threads; 0: torch's default
+    cache: bool = True  # decoded-image cache on disk (runtime setting)
+    cache_dir: str | None = None  # None: $IMGCLS_CACHE or the platform cache folder
     feature_cache: bool = True  # frozen backbone + no augmentation: compute features once
     val_fraction: float = 0.15
     checkpoint: bool = True

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,7 +149,8 @@ class ImageSet:
 
     @classmethod
     def from_records(cls, records: Sequence[Record], root: Path, class_index: dict[str, int], image_size: int,
-                     channels: int, workers: int | None = None, preload: bool | None = None) -> ImageSet:
+                     channels: int, workers: int | None = None, preload: bool | None = None,
+                     cache_dir: Path | None = None) -> ImageSet:
         paths = [resolve_path(r, root) for r in records]
         labels = torch.tensor([class_index[r["label"]] for r in records], dtype=torch.long)
         nbytes = len(paths) * image_size * image_size * channels
@@ -158,7 +158,8 @@ class ImageSet:
             preload = nbytes <= PRELOAD_LIMIT_BYTES
         dataset = cls(paths, labels, image_size, channels)
         if preload:
-            dataset.images = preload_images(paths, image_size, channels, workers)
+            dataset.images = preload_images(paths, image_size, channels, workers, cache_dir=cache_dir,
+                                            sha256s=[r.get("sha256") for r in records])
         else:
             missing = [p for p in paths if not p.exists()]
             if missing:
@@ -167,19 +168,21 @@ class ImageSet:
         return dataset
 
 
-def preload_images(paths: Sequence[Path], image_size: int, channels: int, workers: int | None = None) -> torch.Tensor:
-    """Decode every image once, in parallel threads (Pillow releases the GIL while decoding)."""
-    out = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
-    threads = workers or min(8, (os.cpu_count() or 1) + 2)
-    jobs = ((p, image_size, channels) for p in paths)
-    if threads <= 1 or len(paths) < 64:
-        for i, arr in enumerate(map(_decode, jobs)):
-            out[i] = arr
-    else:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            for i, arr in enumerate(pool.map(_decode, jobs, chunksize=32)):
-                out[i] = arr
-    return torch.from_numpy(out)
+def preload_images(paths: Sequence[Path], image_size: int, channels: int, workers: int | None = None,
+                   cache_dir: Path | None = None, sha256s: Sequence[str | None] | None = None) -> torch.Tensor:
+    """Decode every image once (worker processes for many files), through the decoded-image cache.
+
+    With ``cache_dir`` a later run on the same unchanged files skips decoding entirely.
+    """
+    from imgcls.cache import load_decoded
+    from imgcls.images import ImageRejected
+
+    try:
+        array = load_decoded(paths, image_size, channels, sha256s=sha256s, cache_dir=cache_dir, jobs=workers or None)
+    except ImageRejected as exc:
+        raise DataError(f"{exc.path}: cannot read image ({exc.detail}); was it changed since imgcls prepare? "
+                        f"rerun prepare to skip it") from None
+    return torch.from_numpy(np.array(array))  # a writable copy in memory, also of a memory-mapped cache entry
 
 
 class _ItemDataset(torch.utils.data.Dataset):

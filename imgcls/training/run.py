@@ -139,8 +139,13 @@ class Session:
         cfg, device, model = self.cfg, self.device, self.model
         index = {c: i for i, c in enumerate(self.classes)}
         t0 = time.perf_counter()
-        train_set = ImageSet.from_records(self.splits.train, self.root, index, cfg.image_size, cfg.channels)
-        val_set = ImageSet.from_records(self.splits.val, self.root, index, cfg.image_size, cfg.channels)
+        from imgcls.cache import resolve_cache_dir
+
+        cache_dir = resolve_cache_dir(cfg.cache_dir, enabled=cfg.cache)
+        train_set = ImageSet.from_records(self.splits.train, self.root, index, cfg.image_size, cfg.channels,
+                                          cache_dir=cache_dir)
+        val_set = ImageSet.from_records(self.splits.val, self.root, index, cfg.image_size, cfg.channels,
+                                        cache_dir=cache_dir)
         info(f"{cfg.arch}: {len(train_set)} training and {len(val_set)} validation images, "
              f"{cfg.image_size}x{cfg.image_size}x{cfg.channels}, decoded in {time.perf_counter() - t0:.1f}s; "
              f"device {device.type}")
