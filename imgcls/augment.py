@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -685,8 +684,7 @@ def augment_manifest(
     Images are written into a staging folder and moved into ``out_dir`` only when all are
     written; on any failure the staging folder is removed and the error re-raised.
     """
-    from imgcls.derived import FORMATS, IN_PROCESS_BELOW, OutputDir, record_keys, run_tasks
-    from imgcls.errors import DataError
+    from imgcls.derived import FORMATS, IN_PROCESS_BELOW, OutputDir, collect_results, record_keys, run_tasks
 
     output = OutputDir(out_dir, force=force)
     keys = record_keys(records)
@@ -696,28 +694,10 @@ def augment_manifest(
     tasks = [(str(resolve(records[i])), keys[i], [(c, output.staged(rel)) for c, rel in plan.sources[i]])
              for i in order]
     config = AugmentConfig(tuple(ops), seed, fill, fmt)
-    results: dict[int, list[dict]] = {}
     output.make_dirs({rel.split("/")[0] for i in order for _, rel in plan.sources[i]})
     below = IN_PROCESS_BELOW if in_process_below is None else in_process_below
     stream = run_tasks(partial(augment_task, config), tasks, jobs, weight=max(1, copies), in_process_below=below)
-    try:
-        for i, result in zip(order, stream):
-            if isinstance(result, dict):
-                raise DataError(f"{result['error']} (no augmented images were kept)")
-            for info, (_, rel) in zip(result, plan.sources[i]):
-                info["path"] = output.file(rel)
-            results[i] = result
-            if progress:
-                progress(len(result))
-    except BrokenProcessPool:
-        stream.close()
-        output.abort()
-        raise DataError("a worker process died (out of memory?); no augmented images were kept; try --jobs 1") from None
-    except BaseException:
-        stream.close()  # cancel queued work and wait for running workers before removing files
-        output.abort()
-        raise
-    output.commit()
+    results = collect_results(output, stream, order, "augmented", lambda i, j, info: plan.sources[i][j][1], progress)
 
     out_records: list[dict] = []
     for i, record in enumerate(records):

@@ -253,6 +253,40 @@ def run_tasks(
         executor.shutdown(wait=True, cancel_futures=True)
 
 
+def collect_results(output: OutputDir, stream: Any, indices: Sequence[int], what: str,
+                    place: Callable[[int, int, dict[str, Any]], str],
+                    progress: Callable[[int], None] | None = None) -> dict[int, list[dict[str, Any]]]:
+    """Gather the workers' results in input order and commit the output: all of it, or none.
+
+    ``place(i, j, info)`` is the final relative name of the j-th image written for input i.
+    A worker's error (a dict), a dead worker or an interruption removes everything staged.
+    """
+    from concurrent.futures.process import BrokenProcessPool
+
+    from imgcls.errors import DataError
+
+    results: dict[int, list[dict[str, Any]]] = {}
+    try:
+        for i, result in zip(indices, stream):
+            if isinstance(result, dict):
+                raise DataError(f"{result['error']} (no {what} images were kept)")
+            for j, info in enumerate(result):
+                info["path"] = output.file(place(i, j, info))
+            results[i] = result
+            if progress:
+                progress(len(result))
+    except BrokenProcessPool:
+        stream.close()
+        output.abort()
+        raise DataError(f"a worker process died (out of memory?); no {what} images were kept; try --jobs 1") from None
+    except BaseException:
+        stream.close()  # cancel queued work and wait for running workers before removing files
+        output.abort()
+        raise
+    output.commit()
+    return results
+
+
 def parse_int_list(text: str, option: str, low: int, high: int) -> list[int]:
     """``"3"``, ``"1-5"``, ``"1,3,5"``, ``"1,3-5"`` -> sorted unique ints in [low, high]."""
     values: set[int] = set()

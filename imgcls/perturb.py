@@ -18,7 +18,6 @@ import functools
 import io
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -417,7 +416,7 @@ def perturb_manifest(
     Images are written into a staging folder and moved into ``out_dir`` only when all are
     written; on any failure the staging folder is removed and the error re-raised.
     """
-    from imgcls.derived import IN_PROCESS_BELOW, OutputDir, record_keys, run_tasks
+    from imgcls.derived import IN_PROCESS_BELOW, OutputDir, collect_results, record_keys, run_tasks
     from imgcls.errors import DataError
 
     output = OutputDir(out_dir, force=force)
@@ -435,27 +434,10 @@ def perturb_manifest(
     written = len(tasks) * len(pairs)
     config = PerturbConfig(tuple(families), tuple(severities), seed, fill, "png")
     output.make_dirs(f"{f}/{s}" for f, s in pairs)
-    results: dict[int, list[dict]] = {}
     below = IN_PROCESS_BELOW if in_process_below is None else in_process_below
     stream = run_tasks(partial(perturb_task, config), tasks, jobs, weight=len(pairs), in_process_below=below)
-    try:
-        for i, result in zip(chosen, stream):
-            if isinstance(result, dict):
-                raise DataError(f"{result['error']} (no perturbed images were kept)")
-            for info in result:
-                info["path"] = output.file(f"{info['perturbation']}/{info['severity']}/{keys[i]}.png")
-            results[i] = result
-            if progress:
-                progress(len(result))
-    except BrokenProcessPool:
-        stream.close()
-        output.abort()
-        raise DataError("a worker process died (out of memory?); no perturbed images were kept; try --jobs 1") from None
-    except BaseException:
-        stream.close()  # cancel queued work and wait for running workers before removing files
-        output.abort()
-        raise
-    output.commit()
+    results = collect_results(output, stream, chosen, "perturbed",
+                              lambda i, j, info: f"{info['perturbation']}/{info['severity']}/{keys[i]}.png", progress)
 
     out_records: list[dict] = []
     for i in chosen:
