@@ -447,3 +447,17 @@ def test_train_decodes_once_through_the_shared_cache(invoke, manifest, tmp_path)
     off = _train(invoke, manifest, tmp_path / "r3", "--cache-dir", str(tmp_path / "other"), "--no-cache", "--epochs", "1")
     assert off.exit_code == 0, off.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_train_resume_with_more_epochs_restarts_a_finished_cosine(invoke, manifest, tmp_path):
+    run = tmp_path / "run"
+    first = _train(invoke, manifest, run, "--epochs", "2", "--patience", "0")
+    assert first.exit_code == 0, first.stderr
+    more = invoke(["train", "--resume", str(run), "--epochs", "4"])
+    assert more.exit_code == 0, more.stderr
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[1]["lr"] < history[0]["lr"]
+    # lr is the rate at the end of each epoch: the stretched cosine climbs back above 0
+    # instead of staying at the finished run's 0, and reaches 0 again at the new last epoch
+    assert history[1]["lr"] == 0 and history[2]["lr"] > 0 and history[3]["lr"] == 0

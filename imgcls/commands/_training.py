@@ -33,7 +33,8 @@ def loop_options(inherit: bool) -> Callable:
             _opt("--epochs", type=click.IntRange(min=1), default=10 if inherit else 20, show_default=True,
                  help="Maximum number of epochs (early stopping may end sooner)."),
             _opt("--batch-size", type=click.IntRange(min=1), default=d(64), show_default=show(64),
-                 help="Training images per step."),
+                 help="Training images per step, per process: under torchrun the global batch is the number "
+                      "of processes times this (the learning rate is not scaled for you)."),
             _opt("--optimizer", type=click.Choice(OPTIMIZERS), default=d("adamw"), show_default=show("adamw"),
                  help="AdamW (decoupled weight decay), Adam, or SGD with Nesterov momentum."),
             _opt("--weight-decay", type=click.FloatRange(min=0), default=d(0.01), show_default=show(0.01),
@@ -66,7 +67,8 @@ def loop_options(inherit: bool) -> Callable:
                  help="Seeds weights, data order, augmentation and a held-out validation split: the same seed "
                       "on the CPU gives identical weights."),
             _opt("--device", default="auto", show_default=True,
-                 help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps."),
+                 help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps. Under torchrun each "
+                      "process takes the GPU of its LOCAL_RANK (nccl; gloo on the CPU)."),
             _opt("--amp/--no-amp", default=True, show_default=True,
                  help="Mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler). "
                       "No effect on CPU/MPS."),

@@ -95,6 +95,14 @@ def command(manifest: str, models: tuple[str, ...], split: str, as_json: bool, o
     must be readable. The report is printed on stderr; stdout carries only --json or
     --predictions - output, so nothing is printed there by default.
     """
+    from imgcls.commands._ranks import is_main_rank
+
+    if not is_main_rank():
+        # Under torchrun, rank 0 evaluates alone (as a single process on its own device); the
+        # other ranks end at once with status 0: scoring is cheap next to training, and one
+        # process keeps the report, --predictions and the stdout stream exactly as without torchrun.
+        return
+
     from imgcls.cache import resolve_cache_dir
     from imgcls.console import info
     from imgcls.errors import UsageProblem

@@ -73,50 +73,56 @@ def command(manifest: str, model: str | None, unfreeze: int | str, lr: float, ba
     history.jsonl continues the parent run's (epoch numbers go on; "phase" tells
     train from finetune), and passes the manifest on with the new model in its header.
     """
-    from pathlib import Path
+    from imgcls.commands._ranks import distributed_launch, is_main_rank, refuse_stdin_manifest, rank_guard
 
-    from imgcls.errors import UsageProblem
-    from imgcls.manifest import read_all
-    from imgcls.training import finetune as finetune_run
-    from imgcls.training import resume as resume_run
+    with rank_guard("finetune"):  # under torchrun: rank 0 speaks; a failing rank ends the job
+        from pathlib import Path
 
-    output = loop.pop("output")
-    out = loop.pop("out")
-    ctx = click.get_current_context()
-    src = ctx.get_parameter_source
-    if resume is not None:
-        changed = [p.name for p in ctx.command.params
-                   if src(p.name) == click.core.ParameterSource.COMMANDLINE and p.name not in RESUME_MAY_CHANGE]
-        if changed:
-            raise UsageProblem(f"--resume continues a run with its own settings; not allowed with: "
-                               f"{', '.join('--' + n.replace('_', '-') for n in changed)}")
-        header = records = root = None
-        if manifest != "-" or not sys.stdin.isatty():
-            header, records, reader = read_all(open_input(manifest))
-            root = reader.root
-        overrides = {k: loop[k] for k in ("epochs", "patience", "device", "workers", "threads", "cache", "cache_dir")
-                     if src(k) == click.core.ParameterSource.COMMANDLINE}
-        result, header, records = resume_run(resume, header=header, records=records, root=root, overrides=overrides)
+        from imgcls.errors import UsageProblem
+        from imgcls.manifest import read_all
+        from imgcls.training import finetune as finetune_run
+        from imgcls.training import resume as resume_run
+
+        output = loop.pop("output")
+        out = loop.pop("out")
+        ctx = click.get_current_context()
+        src = ctx.get_parameter_source
+        if resume is not None:
+            changed = [p.name for p in ctx.command.params
+                       if src(p.name) == click.core.ParameterSource.COMMANDLINE and p.name not in RESUME_MAY_CHANGE]
+            if changed:
+                raise UsageProblem(f"--resume continues a run with its own settings; not allowed with: "
+                                   f"{', '.join('--' + n.replace('_', '-') for n in changed)}")
+            header = records = root = None
+            if manifest != "-" or (not sys.stdin.isatty() and not distributed_launch()):
+                header, records, reader = read_all(open_input(manifest))
+                root = reader.root
+            overrides = {k: loop[k] for k in ("epochs", "patience", "device", "workers", "threads", "cache", "cache_dir")
+                         if src(k) == click.core.ParameterSource.COMMANDLINE}
+            result, header, records = resume_run(resume, header=header, records=records, root=root, overrides=overrides)
+            report_result(result, "finetune")
+            if is_main_rank():
+                emit_manifest(output, header, records, result.model_path, result.run_dir)
+            return
+
+        refuse_stdin_manifest(manifest, "finetune")
+        check_no_terminal_stdin(manifest)
+        header, records, reader = read_all(open_input(manifest))
+        model_path = model or (reader.header or {}).get("model")
+        if not model_path:
+            raise UsageProblem("no model to fine-tune: pass --model FILE|RUN, or pipe in the manifest imgcls train printed "
+                               "(its header names the model)")
+        if not Path(model_path).exists():
+            from imgcls.errors import ModelError
+
+            where = "--model" if model else f"{reader.name}: header \"model\""
+            raise ModelError(f"{where}: {model_path}: no such model file or run folder")
+        overrides = {k: v for k, v in loop.items() if v is not None}
+        overrides["lr"] = lr
+        overrides["backbone_lr"] = backbone_lr
+        result = finetune_run(header, records, reader.root, model_path, overrides,
+                              unfreeze=None if unfreeze == "all" else int(unfreeze),
+                              backbone_lr_ratio=backbone_lr_ratio, out=Path(out) if out else None, name=reader.name)
         report_result(result, "finetune")
-        emit_manifest(output, header, records, result.model_path, result.run_dir)
-        return
-
-    check_no_terminal_stdin(manifest)
-    header, records, reader = read_all(open_input(manifest))
-    model_path = model or (reader.header or {}).get("model")
-    if not model_path:
-        raise UsageProblem("no model to fine-tune: pass --model FILE|RUN, or pipe in the manifest imgcls train printed "
-                           "(its header names the model)")
-    if not Path(model_path).exists():
-        from imgcls.errors import ModelError
-
-        where = "--model" if model else f"{reader.name}: header \"model\""
-        raise ModelError(f"{where}: {model_path}: no such model file or run folder")
-    overrides = {k: v for k, v in loop.items() if v is not None}
-    overrides["lr"] = lr
-    overrides["backbone_lr"] = backbone_lr
-    result = finetune_run(header, records, reader.root, model_path, overrides,
-                          unfreeze=None if unfreeze == "all" else int(unfreeze),
-                          backbone_lr_ratio=backbone_lr_ratio, out=Path(out) if out else None, name=reader.name)
-    report_result(result, "finetune")
-    emit_manifest(output, header, records, result.model_path, result.run_dir)
+        if is_main_rank():
+            emit_manifest(output, header, records, result.model_path, result.run_dir)

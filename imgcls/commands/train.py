@@ -128,65 +128,71 @@ def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_siz
     otherwise. Ctrl-C stops cleanly (exit 130): the best model so far and the last
     checkpoint stay in the run folder.
     """
-    from imgcls.errors import UsageProblem
+    from imgcls.commands._ranks import distributed_launch, is_main_rank, refuse_stdin_manifest, rank_guard
 
-    if list_archs:
-        _list_archs(as_json)
-        return
+    with rank_guard("train"):  # under torchrun: rank 0 speaks; a failing rank ends the job
+        from imgcls.errors import UsageProblem
 
-    from pathlib import Path
+        if list_archs:
+            _list_archs(as_json)
+            return
 
-    from imgcls.manifest import read_all
-    from imgcls.training import TrainConfig
-    from imgcls.training import resume as resume_run
-    from imgcls.training import train as train_run
+        from pathlib import Path
 
-    output = loop.pop("output")
-    out = loop.pop("out")
-    if resume is not None:
-        ctx = click.get_current_context()
-        changed = [p.name for p in ctx.command.params
-                   if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE
-                   and p.name not in RESUME_MAY_CHANGE]
-        if changed:
-            raise UsageProblem(f"--resume continues a run with its own settings; not allowed with: "
-                               f"{', '.join('--' + n.replace('_', '-') for n in changed)}")
-        header = records = root = None
-        if manifest != "-" or not sys.stdin.isatty():
-            header, records, reader = read_all(open_input(manifest))
-            root = reader.root
-        src = ctx.get_parameter_source
-        overrides = {k: loop[k] for k in ("epochs", "patience", "device", "workers", "threads", "cache", "cache_dir")
-                     if src(k) == click.core.ParameterSource.COMMANDLINE}
-        result, header, records = resume_run(resume, header=header, records=records, root=root, overrides=overrides)
+        from imgcls.manifest import read_all
+        from imgcls.training import TrainConfig
+        from imgcls.training import resume as resume_run
+        from imgcls.training import train as train_run
+
+        output = loop.pop("output")
+        out = loop.pop("out")
+        if resume is not None:
+            ctx = click.get_current_context()
+            changed = [p.name for p in ctx.command.params
+                       if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE
+                       and p.name not in RESUME_MAY_CHANGE]
+            if changed:
+                raise UsageProblem(f"--resume continues a run with its own settings; not allowed with: "
+                                   f"{', '.join('--' + n.replace('_', '-') for n in changed)}")
+            header = records = root = None
+            if manifest != "-" or (not sys.stdin.isatty() and not distributed_launch()):
+                header, records, reader = read_all(open_input(manifest))
+                root = reader.root
+            src = ctx.get_parameter_source
+            overrides = {k: loop[k] for k in ("epochs", "patience", "device", "workers", "threads", "cache", "cache_dir")
+                         if src(k) == click.core.ParameterSource.COMMANDLINE}
+            result, header, records = resume_run(resume, header=header, records=records, root=root, overrides=overrides)
+            report_result(result, "train")
+            if is_main_rank():
+                emit_manifest(output, header, records, result.model_path, result.run_dir)
+            return
+
+        refuse_stdin_manifest(manifest, "train")
+        check_no_terminal_stdin(manifest)
+        options = {k: v for k, v in {"width": width, "depth": depth, "hidden": hidden, "block_dropout": block_dropout}.items()
+                   if v is not None}
+        from imgcls.models.registry import get_spec
+
+        spec = get_spec(arch)
+        unknown = sorted(set(options) - set(spec.options))
+        if unknown:
+            takes = ", ".join("--" + o.replace("_", "-") for o in spec.options) or "no architecture options"
+            raise UsageProblem(f"--arch {arch} does not take {', '.join('--' + o.replace('_', '-') for o in unknown)} "
+                               f"(it takes: {takes})")
+        from_pretrained = weights is not None or (spec.pretrainable and pretrained is not False)
+        if lr is None:
+            lr = 1e-3 if from_pretrained else 2e-3
+        if backbone_lr is None and from_pretrained and not freeze:
+            backbone_lr = lr * backbone_lr_ratio
+        header, records, reader = read_all(open_input(manifest))
+        cfg = TrainConfig(
+            arch=arch, image_size=image_size or 0, channels=int(channels) if channels else 0,
+            mean=parse_floats_option(mean, "--mean") or [], std=parse_floats_option(std, "--std") or [],
+            pretrained=pretrained, weights=weights, arch_options=options, dropout=dropout,
+            trainable_blocks=0 if freeze else None, lr=lr, backbone_lr=backbone_lr,
+            **loop,  # type: ignore[arg-type]
+        )
+        result = train_run(header, records, reader.root, cfg, out=Path(out) if out else None, name=reader.name)
         report_result(result, "train")
-        emit_manifest(output, header, records, result.model_path, result.run_dir)
-        return
-
-    check_no_terminal_stdin(manifest)
-    options = {k: v for k, v in {"width": width, "depth": depth, "hidden": hidden, "block_dropout": block_dropout}.items()
-               if v is not None}
-    from imgcls.models.registry import get_spec
-
-    spec = get_spec(arch)
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        takes = ", ".join("--" + o.replace("_", "-") for o in spec.options) or "no architecture options"
-        raise UsageProblem(f"--arch {arch} does not take {', '.join('--' + o.replace('_', '-') for o in unknown)} "
-                           f"(it takes: {takes})")
-    from_pretrained = weights is not None or (spec.pretrainable and pretrained is not False)
-    if lr is None:
-        lr = 1e-3 if from_pretrained else 2e-3
-    if backbone_lr is None and from_pretrained and not freeze:
-        backbone_lr = lr * backbone_lr_ratio
-    header, records, reader = read_all(open_input(manifest))
-    cfg = TrainConfig(
-        arch=arch, image_size=image_size or 0, channels=int(channels) if channels else 0,
-        mean=parse_floats_option(mean, "--mean") or [], std=parse_floats_option(std, "--std") or [],
-        pretrained=pretrained, weights=weights, arch_options=options, dropout=dropout,
-        trainable_blocks=0 if freeze else None, lr=lr, backbone_lr=backbone_lr,
-        **loop,  # type: ignore[arg-type]
-    )
-    result = train_run(header, records, reader.root, cfg, out=Path(out) if out else None, name=reader.name)
-    report_result(result, "train")
-    emit_manifest(output, header, records, result.model_path, result.run_dir)
+        if is_main_rank():
+            emit_manifest(output, header, records, result.model_path, result.run_dir)

@@ -6,8 +6,13 @@ history and a checkpoint, stop early when the validation loss has not improved f
 ``patience`` epochs. ``KeyboardInterrupt`` ends the loop cleanly: what was saved
 (best model so far, last checkpoint) stays usable.
 
-Hooks for distributed training (issue: torchrun/DDP) are kept in one place:
-``is_main`` decides who writes files and logs; ``_reduce`` sums metrics across ranks.
+Under torchrun (see :mod:`imgcls.training.distributed`) every rank runs this same loop:
+the epoch's seeded order is the same everywhere and each rank trains on its shard of it
+through ``train_forward`` (the DistributedDataParallel wrapper, which all-reduces the
+gradients); validation is sharded too; ``_reduce`` sums loss, correct and sample counts
+across ranks before anything is decided, so the best epoch, the plateau schedule and
+early stopping are the same decision on every rank; ``is_main`` (rank 0) alone reports
+and runs the callbacks that write files.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 
 from imgcls.errors import ImgclsError, UsageProblem
+from imgcls.training import distributed
 from imgcls.training._console import detail, info
 from imgcls.training.config import TrainConfig
 
@@ -46,6 +52,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware (compute capability 8.0+: Ampere, Hopper...; ROCm GPUs).
+
+    Not ``torch.cuda.is_bf16_supported()``: by default it also says yes where bf16 is only
+    emulated (V100, T4), and it looks at the current device rather than ``device``; there
+    fp16 with a gradient scaler is the fast choice.
+    """
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 class Precision:
     """Autocast + grad scaler: bf16 on GPUs that support it, fp16 with a scaler otherwise; off on CPU/MPS."""
 
@@ -53,7 +71,7 @@ class Precision:
         self.enabled = enabled and device.type == "cuda"
         self.dtype = None
         if self.enabled:
-            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            self.dtype = torch.bfloat16 if native_bf16(device) else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
         self.device_type = device.type
 
@@ -104,6 +122,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     return None
 
 
+def count_batches(n: int, batch_size: int, drop_single: bool = True) -> int:
+    """Batches of ``n`` images, a last batch of one dropped when there are others (as the feeders do)."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest and not (drop_single and rest == 1 and full) else 0)
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, Any]]
@@ -131,6 +155,9 @@ class Trainer:
     ``on_best(model, result)`` is called when the validation loss improves (the run folder
     saves the model then), ``on_epoch(trainer, record)`` after every epoch (checkpoint,
     history, user callbacks; raising KeyboardInterrupt there stops like Ctrl-C).
+    ``train_forward`` maps a training batch to logits when it must go through another
+    module than ``forward`` does (the DDP wrapper); ``model`` itself stays unwrapped, so
+    its state dict, snapshots and checkpoints are those of a single process.
     """
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, train_feed: Any, val_feed: Any, device: torch.device, *,
@@ -138,16 +165,22 @@ class Trainer:
                  class_weights: torch.Tensor | None = None, epoch_offset: int = 0,
                  history: Sequence[dict[str, Any]] = (), reporter: Any = None,
                  on_best: Callable[..., None] | None = None, on_epoch: Sequence[Callable[..., None]] = (),
-                 baseline: bool = False, baseline_epoch: int | None = None):
+                 baseline: bool = False, baseline_epoch: int | None = None,
+                 train_forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None):
         self.model = model
         self.cfg = cfg
         self.train_feed = train_feed
         self.val_feed = val_feed
         self.device = device
         self.forward = forward or (lambda m, x: m(x))
+        self.train_forward = train_forward or self.forward
+        self.dist = distributed.info()
         self.precision = Precision(device, cfg.amp)
         self.optimizer = build_optimizer(model, cfg)
-        self.steps_per_epoch = train_feed.num_batches(drop_single=True)
+        if self.dist.enabled:
+            self.steps_per_epoch = count_batches(distributed.shard_length(len(train_feed)), train_feed.batch_size)
+        else:
+            self.steps_per_epoch = train_feed.num_batches(drop_single=True)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         weight = class_weights.to(device) if class_weights is not None else None
@@ -161,12 +194,31 @@ class Trainer:
         self.baseline = baseline
         self.baseline_epoch = epoch_offset if baseline_epoch is None else baseline_epoch
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.is_main = True
+        self.is_main = self.dist.is_main
+        self.seen: list[list[int]] = []  # per epoch, the indices this rank trained on (IMGCLS_DEBUG_SHARDS only)
 
     # -- distributed hooks ------------------------------------------------------------
     def _reduce(self, values: list[float]) -> list[float]:
         """Sum metrics over ranks (identity in a single process)."""
-        return values
+        return distributed.all_reduce_sum(values, self.device)
+
+    def _seed_epoch(self, epoch_no: int) -> None:
+        """Under DDP: dropout and augmentation draw differently on every rank, reproducibly.
+
+        Every rank starts from the same seed (identical initial weights); left alone, rank
+        1's image k would get the same random flip as rank 0's image k. A seed from (seed,
+        epoch, rank) also makes a resumed DDP run draw as the uninterrupted one did. A single
+        process keeps its one continuous stream (restored by --resume from the checkpoint).
+        """
+        if self.dist.enabled:
+            torch.manual_seed(((self.cfg.seed * 1_000_003 + epoch_no) * 65_537 + self.dist.rank) % 2**63)
+
+    def _memory_mib(self) -> float | None:
+        """Peak CUDA memory of this epoch (the largest over the ranks), in MiB; None off CUDA."""
+        if self.device.type != "cuda":
+            return None
+        peak = float(torch.cuda.max_memory_allocated(self.device))
+        return round(distributed.all_reduce_max([peak], self.device)[0] / 2**20, 1)
 
     # -- one pass ---------------------------------------------------------------------
     def set_train_mode(self) -> None:
@@ -185,12 +237,17 @@ class Trainer:
     def train_epoch(self, advance: Callable[[float], None]) -> tuple[float, float]:
         model, opt, precision = self.model, self.optimizer, self.precision
         self.set_train_mode()
-        order = torch.randperm(len(self.train_feed), generator=self.generator)
+        distributed.debug_fail_point()
+        # The same permutation on every rank (one seeded generator), then this rank's shard of it.
+        order = distributed.shard(torch.randperm(len(self.train_feed), generator=self.generator))
+        if distributed.debug_shards_enabled():
+            self.seen.append(order.tolist())
+        self._seed_epoch(self.epoch_offset + self.state.epoch + 1)
         total_loss = correct = count = 0.0
         per_step = self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         for x, y in self.train_feed.batches(order, train=True):
             with precision.autocast():
-                logits = self.forward(model, x)
+                logits = self.train_forward(model, x)
             loss = self.train_loss_fn(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             precision.scaler.scale(loss).backward()
@@ -207,6 +264,7 @@ class Trainer:
             correct += float((logits.argmax(1) == y).sum())
             count += n
             advance(value)
+        distributed.sync_buffers(model)
         total_loss, correct, count = self._reduce([total_loss, correct, count])
         return total_loss / max(count, 1), correct / max(count, 1)
 
@@ -216,8 +274,12 @@ class Trainer:
         was_training = model.training
         model.eval()
         total_loss = correct = count = 0.0
+        # Each rank scores its share of the validation images; the sums are reduced below.
+        order = distributed.shard(torch.arange(len(feed)), pad=False) if self.dist.enabled else None
         try:
-            for x, y in feed.batches():
+            for x, y in feed.batches(order):
+                if y.shape[0] == 0:
+                    continue
                 with self.precision.autocast():
                     logits = self.forward(model, x)
                 total_loss += float(self.val_loss_fn(logits.float(), y))
@@ -250,6 +312,8 @@ class Trainer:
                     break
                 epoch_no = self.epoch_offset + st.epoch + 1
                 t0 = time.perf_counter()
+                if self.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(self.device)
                 ctx = self.reporter.epoch(epoch_no, self.steps_per_epoch) if self.reporter else contextlib.nullcontext(lambda v: None)
                 with ctx as advance:
                     train_loss, train_acc = self.train_epoch(advance)
@@ -270,6 +334,9 @@ class Trainer:
                     "val_acc": round(val_acc, 6), "lr": self.current_lr(),
                     "seconds": round(time.perf_counter() - t0, 3), "best": improved,
                 }
+                memory = self._memory_mib()
+                if memory is not None:
+                    record["max_memory_mib"] = memory
                 st.history.append(record)
                 if self.reporter and self.is_main:
                     self.reporter.end_epoch(record)
@@ -314,8 +381,15 @@ class Trainer:
         if self.scheduler is not None and meta.get("scheduler"):
             self.scheduler.load_state_dict(meta["scheduler"])
             if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-                # --epochs may have grown on resume: stretch the cosine to the new end.
-                self.scheduler.T_max = max(1, self.cfg.epochs * self.steps_per_epoch)
+                # --epochs may have grown on resume: stretch the cosine to the new end, and put
+                # the rates back on the (closed-form) curve: the scheduler's recursive update
+                # would otherwise keep multiplying a rate that already reached 0.
+                sched = self.scheduler
+                sched.T_max = max(1, self.cfg.epochs * self.steps_per_epoch)
+                step = min(sched.last_epoch, sched.T_max)
+                for group, base in zip(self.optimizer.param_groups, sched.base_lrs):
+                    group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * step / sched.T_max)) / 2
+                sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         if meta.get("scaler") and self.precision.scaler.is_enabled():
             self.precision.scaler.load_state_dict(meta["scaler"])
         restore_rng(ckpt, self.generator)

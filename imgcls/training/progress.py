@@ -12,7 +12,10 @@ from imgcls.training._console import info
 
 
 def format_epoch(record: dict[str, Any], last_epoch: int) -> str:
-    """``epoch 3/10  train loss 0.412 acc 0.853  val loss 0.391 acc 0.871  lr 8.1e-04  12.3s *``"""
+    """``epoch 3/10  train loss 0.412 acc 0.853  val loss 0.391 acc 0.871  lr 8.1e-04  12.3s *``
+
+    On CUDA the epoch's peak GPU memory follows the seconds (``mem 1234 MiB``).
+    """
 
     def num(v: Any, fmt: str) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
@@ -24,6 +27,8 @@ def format_epoch(record: dict[str, Any], last_epoch: int) -> str:
         f"val loss {num(record.get('val_loss'), '.4f')} acc {num(record.get('val_acc'), '.3f')}  "
         f"lr {num(record.get('lr'), '.2e')}  {num(record.get('seconds'), '.1f')}s"
     )
+    if record.get("max_memory_mib") is not None:
+        text += f"  mem {record['max_memory_mib']:.0f} MiB"
     if record.get("phase") not in (None, "train"):
         text += f"  [{record['phase']}]"
     if record.get("best"):

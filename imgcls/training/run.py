@@ -3,6 +3,11 @@
 The three entry points resolve their configuration and model differently, then hand
 over to one :class:`Session` that decodes the data, runs the shared
 :class:`~imgcls.training.loop.Trainer` and writes the run folder.
+
+Launched by torchrun, each entry point first joins the process group
+(:mod:`imgcls.training.distributed`); every rank then builds the same model and data,
+trains on its shard through DistributedDataParallel, and only rank 0 creates and writes
+the run folder (the other ranks learn its path from rank 0).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 
 from imgcls.errors import DataError, UsageProblem
 from imgcls.manifest import Header, Record, manifest_hash
+from imgcls.training import distributed
 from imgcls.training._console import detail, info, warn
 from imgcls.training.config import TrainConfig
 from imgcls.training.data import (Feeder, FeatureFeeder, ImageSet, Splits, extract_features, infer_geometry,
@@ -107,6 +113,34 @@ def class_weights_for(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return weights
 
 
+def join_process_group(device_name: str) -> distributed.DistInfo:
+    """Under torchrun: join the process group (nccl on CUDA, gloo otherwise); a no-op alone."""
+    if not distributed.launched_by_torchrun():
+        return distributed.info()
+    return distributed.setup(resolve_device(device_name).type)
+
+
+class _ShardFeeder:
+    """A feeder's batches over some of its images only (one rank's share of feature extraction)."""
+
+    def __init__(self, feeder: Any, order: torch.Tensor):
+        self.feeder, self.order, self.device = feeder, order, feeder.device
+
+    def batches(self):
+        for x, y in self.feeder.batches(self.order):
+            if y.shape[0]:
+                yield x, y
+
+
+def _features(model: Any, feeder: Any, autocast: Any) -> torch.Tensor:
+    """Frozen-backbone features of every image: under DDP each rank computes 1/world of them, then all-gather."""
+    if not distributed.info().enabled:
+        return extract_features(model, feeder, autocast)
+    n = len(feeder)
+    mine = distributed.shard(torch.arange(n), pad=False)
+    return distributed.gather_rows(extract_features(model, _ShardFeeder(feeder, mine), autocast), n)
+
+
 # -- the shared session ---------------------------------------------------------------------
 
 class Session:
@@ -126,10 +160,16 @@ class Session:
         self.baseline = baseline
         self.baseline_epoch = baseline_epoch
         self.callbacks = list(callbacks)
-        self.device = resolve_device(cfg.device)
+        self.dist = join_process_group(cfg.device)
+        self.device = distributed.rank_device(resolve_device(cfg.device))
+        self.is_main = self.dist.is_main
         self.run: RunDir | None = None
+        self.ddp: Any = None
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if self.device.type == "cuda":
+            # Fixed input sizes: let cuDNN pick the fastest convolution algorithms once.
+            torch.backends.cudnn.benchmark = True
 
     def prepare(self) -> Trainer:
         """Decode images, build feeders (or cached features) and the trainer. No files are written yet."""
@@ -142,13 +182,15 @@ class Session:
         from imgcls.cache import resolve_cache_dir
 
         cache_dir = resolve_cache_dir(cfg.cache_dir, enabled=cfg.cache)
-        train_set = ImageSet.from_records(self.splits.train, self.root, index, cfg.image_size, cfg.channels,
-                                          cache_dir=cache_dir)
-        val_set = ImageSet.from_records(self.splits.val, self.root, index, cfg.image_size, cfg.channels,
-                                        cache_dir=cache_dir)
+        with distributed.local_main_first():  # under DDP: one rank per node fills the decoded-image cache
+            train_set = ImageSet.from_records(self.splits.train, self.root, index, cfg.image_size, cfg.channels,
+                                              cache_dir=cache_dir)
+            val_set = ImageSet.from_records(self.splits.val, self.root, index, cfg.image_size, cfg.channels,
+                                            cache_dir=cache_dir)
         info(f"{cfg.arch}: {len(train_set)} training and {len(val_set)} validation images, "
              f"{cfg.image_size}x{cfg.image_size}x{cfg.channels}, decoded in {time.perf_counter() - t0:.1f}s; "
-             f"device {device.type}")
+             f"device {device.type}" + (f"; {self.dist.world_size} processes (DDP, {self.dist.backend})"
+                                        if self.dist.enabled else ""))
         channels_last = cfg.channels_last and device.type == "cuda"
         model.to(device)
         if channels_last:
@@ -157,15 +199,16 @@ class Session:
         train_feed: Any = Feeder(train_set, cfg.batch_size, device, cfg.mean, cfg.std, augment, cfg.workers, channels_last)
         val_feed: Any = Feeder(val_set, max(cfg.batch_size, 256), device, cfg.mean, cfg.std, None, cfg.workers, channels_last)
         forward = None
-        if cfg.frozen and not augment.active and cfg.feature_cache:
+        feature_path = cfg.frozen and not augment.active and cfg.feature_cache
+        if feature_path:
             # Frozen backbone, no augmentation: its output never changes, so compute it once
             # and train the head on the features (the model file still holds backbone + head).
             t0 = time.perf_counter()
             from imgcls.training.loop import Precision
 
             amp = Precision(device, cfg.amp)
-            train_feed = FeatureFeeder(extract_features(model, train_feed, amp.autocast), train_set.labels, cfg.batch_size)
-            val_feed = FeatureFeeder(extract_features(model, val_feed, amp.autocast), val_set.labels, max(cfg.batch_size, 256))
+            train_feed = FeatureFeeder(_features(model, train_feed, amp.autocast), train_set.labels, cfg.batch_size)
+            val_feed = FeatureFeeder(_features(model, val_feed, amp.autocast), val_set.labels, max(cfg.batch_size, 256))
             info(f"frozen backbone: features of {len(train_set) + len(val_set)} images computed once "
                  f"in {time.perf_counter() - t0:.1f}s; the epochs train the head on them")
 
@@ -178,6 +221,11 @@ class Session:
                                epoch_offset=self.epoch_offset, history=self.history,
                                reporter=EpochReporter(last_epoch), baseline=self.baseline,
                                baseline_epoch=self.baseline_epoch)
+        if self.dist.enabled:
+            # DDP wraps what the training step runs: the whole model, or the head alone on cached features.
+            # The trainer keeps the bare model: saved files are the same as a single process's.
+            ddp = self.ddp = distributed.wrap(model.head if feature_path else model, device)
+            self.trainer.train_forward = lambda m, x: ddp(x)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         detail(f"{trainable:,} of {model.count_parameters():,} parameters train; precision {self.trainer.precision.label}")
         return self.trainer
@@ -186,6 +234,10 @@ class Session:
         """Attach the run folder: the trainer saves the best model, history and checkpoint into it."""
         self.run = run
         trainer = self.trainer
+        if not self.is_main:  # rank 0 alone writes the run folder
+            trainer.on_best = None
+            trainer.on_epoch = list(self.callbacks)
+            return
         trainer.on_best = lambda model, state: self.save_model(extra={"best_epoch": state.best_epoch})
         trainer.on_epoch = [self._after_epoch, *self.callbacks]
 
@@ -214,8 +266,17 @@ class Session:
         try:
             result = trainer.fit()
         except BaseException:
-            run.remove_if_unused()
+            if self.is_main:
+                run.remove_if_unused()
             raise
+        if distributed.debug_shards_enabled():
+            distributed.write_debug_shards(trainer.seen, trainer.model)
+        if not self.is_main:
+            # Same weights as rank 0 (DDP); the files are rank 0's, named as rank 0 names them.
+            if trainer.best_state is not None and not result.interrupted:
+                trainer.restore_best()
+            return RunResult(run.path, run.model_path if trainer.best_state is not None else None, result,
+                             self.cfg, self.classes)
         if trainer.best_state is not None and not result.interrupted:
             trainer.restore_best()
             extra = {"best_epoch": result.best_epoch, "epochs_run": self.epoch_offset + result.epochs_run,
@@ -247,6 +308,20 @@ def _write_manifest_copy(run: RunDir, header: Header, records: Sequence[Record],
     write_manifest(run.manifest_path, header, records)
 
 
+def _create_run(out: Path | str | None, name: str, header: Header, records: Sequence[Record], root: Path) -> RunDir:
+    """Rank 0 creates the run folder and its manifest copy; every rank gets its path."""
+    path = None
+    if distributed.info().is_main:
+        run = RunDir.create(out, name)
+        try:
+            _write_manifest_copy(run, header, records, root)
+        except BaseException:
+            run.remove_if_unused()
+            raise
+        path = str(run.path)
+    return RunDir(Path(distributed.broadcast_object(path)))
+
+
 # -- train ----------------------------------------------------------------------------------
 
 def train(header: Header, records: Sequence[Record], root: Path, cfg: TrainConfig, *, out: Path | str | None = None,
@@ -256,6 +331,7 @@ def train(header: Header, records: Sequence[Record], root: Path, cfg: TrainConfi
     from imgcls.models.weights import SCRATCH_MEAN, SCRATCH_STD, load_backbone_state, resolve_pretrained
 
     spec = get_spec(cfg.arch)
+    join_process_group(cfg.device)
     classes = list(header["classes"])
     splits = split_records(records, classes, cfg.seed, cfg.val_fraction, name)
     if cfg.pretrained and not spec.pretrainable and not cfg.weights:
@@ -263,8 +339,9 @@ def train(header: Header, records: Sequence[Record], root: Path, cfg: TrainConfi
                            f"or pass --weights FILE to start from a saved state dict)")
     use_torchvision = spec.pretrainable and cfg.weights is None and cfg.pretrained is not False
     image_size, channels = resolve_geometry(cfg, spec, splits.train, root)
-    pre = resolve_pretrained(cfg.arch, pretrained=use_torchvision, weights_file=cfg.weights,
-                             progress=False)
+    with distributed.local_main_first():  # one download per node into the torch hub cache
+        pre = resolve_pretrained(cfg.arch, pretrained=use_torchvision, weights_file=cfg.weights,
+                                 progress=False)
     if pre is not None:
         info(f"pretrained weights: {pre.source}")
     if cfg.trainable_blocks == 0 and pre is None:
@@ -298,12 +375,7 @@ def train(header: Header, records: Sequence[Record], root: Path, cfg: TrainConfi
     mhash = manifest_hash(header, records)
     session = Session(model, cfg, classes, splits, root, mhash, callbacks=callbacks)
     session.prepare()
-    run = RunDir.create(out, cfg.arch)
-    try:
-        _write_manifest_copy(run, header, records, root)
-    except BaseException:
-        run.remove_if_unused()
-        raise
+    run = _create_run(out, cfg.arch, header, records, root)
     session.start(run)
     info(f"run folder: {run.path}")
     return session.finish()
@@ -433,17 +505,13 @@ def finetune(header: Header, records: Sequence[Record], root: Path, model_path: 
                       baseline=True, baseline_epoch=parent_best if isinstance(parent_best, int) else offset,
                       callbacks=callbacks)
     session.prepare()
-    run = RunDir.create(out, f"{cfg.arch}-finetune")
-    try:
-        _write_manifest_copy(run, header, records, root)
-    except BaseException:
-        run.remove_if_unused()
-        raise
+    run = _create_run(out, f"{cfg.arch}-finetune", header, records, root)
     session.start(run)
     blocks = "all blocks" if unfreeze is None else f"the last {unfreeze} of {len(model.blocks)} blocks"
     info(f"fine-tuning {path} ({blocks}; head lr {cfg.lr:g}, backbone lr {cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr:g}); "
          f"run folder: {run.path}")
     # The starting point counts as "best so far" (baseline), so the run folder holds a usable model at once.
-    session.save_model(extra={"best_epoch": session.trainer.baseline_epoch})
+    if session.is_main:
+        session.save_model(extra={"best_epoch": session.trainer.baseline_epoch})
     return session.finish()
 
