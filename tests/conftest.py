@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+
+# Tiny test models gain nothing from several threads, and on a shared 2-core machine
+# PyTorch's OpenMP threads can spin for a core another process holds (many times slower).
+# Set before torch is imported; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 from pathlib import Path
 
 import numpy as np

@@ -153,3 +153,33 @@ def report_result(result: Any, command: str) -> None:
 def check_no_terminal_stdin(manifest: str) -> None:
     if manifest == "-" and sys.stdin.isatty():
         raise UsageProblem("no manifest given: pass a manifest file or pipe one in (e.g. imgcls prepare DIR | imgcls train)")
+
+
+# --resume continues a run with its own settings: only these may change on the command line.
+RESUME_OVERRIDES = ("epochs", "patience", "device", "workers", "threads", "cache", "cache_dir")
+RESUME_MAY_CHANGE = ("resume", *RESUME_OVERRIDES, "manifest", "output", "debug", "quiet", "verbose")
+
+
+def continue_run(command: str, resume: str, manifest: str, output: str, loop: dict[str, Any]) -> None:
+    """``train --resume`` / ``finetune --resume``: refuse changed settings, continue, pass the manifest on."""
+    from imgcls.commands._common import open_input
+    from imgcls.commands._ranks import distributed_launch, is_main_rank
+    from imgcls.manifest import read_all
+    from imgcls.training import resume as resume_run
+
+    ctx = click.get_current_context()
+    from_command_line = [p.name for p in ctx.command.params
+                         if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+    changed = [name for name in from_command_line if name not in RESUME_MAY_CHANGE]
+    if changed:
+        raise UsageProblem(f"--resume continues a run with its own settings; not allowed with: "
+                           f"{', '.join('--' + n.replace('_', '-') for n in changed)}")
+    header = records = root = None
+    if manifest != "-" or (not sys.stdin.isatty() and not distributed_launch()):
+        header, records, reader = read_all(open_input(manifest))
+        root = reader.root
+    overrides = {k: loop[k] for k in RESUME_OVERRIDES if k in from_command_line}
+    result, header, records = resume_run(resume, header=header, records=records, root=root, overrides=overrides)
+    report_result(result, command)
+    if is_main_rank():
+        emit_manifest(output, header, records, result.model_path, result.run_dir)

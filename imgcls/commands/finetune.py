@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
 from imgcls.commands._common import common_options, open_input
-from imgcls.commands._training import check_no_terminal_stdin, emit_manifest, loop_options, report_result
+from imgcls.commands._training import continue_run, check_no_terminal_stdin, emit_manifest, loop_options, report_result
 
 
 class Unfreeze(click.ParamType):
@@ -29,9 +28,6 @@ class Unfreeze(click.ParamType):
             self.fail("must be 0 or more", param, ctx)
         return n
 
-
-RESUME_MAY_CHANGE = ("resume", "epochs", "patience", "device", "workers", "threads", "cache", "cache_dir", "manifest", "output",
-                     "debug", "quiet", "verbose")
 
 
 @click.command("finetune")
@@ -73,7 +69,7 @@ def command(manifest: str, model: str | None, unfreeze: int | str, lr: float, ba
     history.jsonl continues the parent run's (epoch numbers go on; "phase" tells
     train from finetune), and passes the manifest on with the new model in its header.
     """
-    from imgcls.commands._ranks import distributed_launch, is_main_rank, refuse_stdin_manifest, rank_guard
+    from imgcls.commands._ranks import is_main_rank, refuse_stdin_manifest, rank_guard
 
     with rank_guard("finetune"):  # under torchrun: rank 0 speaks; a failing rank ends the job
         from pathlib import Path
@@ -81,28 +77,11 @@ def command(manifest: str, model: str | None, unfreeze: int | str, lr: float, ba
         from imgcls.errors import UsageProblem
         from imgcls.manifest import read_all
         from imgcls.training import finetune as finetune_run
-        from imgcls.training import resume as resume_run
 
         output = loop.pop("output")
         out = loop.pop("out")
-        ctx = click.get_current_context()
-        src = ctx.get_parameter_source
         if resume is not None:
-            changed = [p.name for p in ctx.command.params
-                       if src(p.name) == click.core.ParameterSource.COMMANDLINE and p.name not in RESUME_MAY_CHANGE]
-            if changed:
-                raise UsageProblem(f"--resume continues a run with its own settings; not allowed with: "
-                                   f"{', '.join('--' + n.replace('_', '-') for n in changed)}")
-            header = records = root = None
-            if manifest != "-" or (not sys.stdin.isatty() and not distributed_launch()):
-                header, records, reader = read_all(open_input(manifest))
-                root = reader.root
-            overrides = {k: loop[k] for k in ("epochs", "patience", "device", "workers", "threads", "cache", "cache_dir")
-                         if src(k) == click.core.ParameterSource.COMMANDLINE}
-            result, header, records = resume_run(resume, header=header, records=records, root=root, overrides=overrides)
-            report_result(result, "finetune")
-            if is_main_rank():
-                emit_manifest(output, header, records, result.model_path, result.run_dir)
+            continue_run("finetune", resume, manifest, output, loop)
             return
 
         refuse_stdin_manifest(manifest, "finetune")

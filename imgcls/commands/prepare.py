@@ -277,7 +277,7 @@ def _report(result, output) -> None:
          f"with {stats.jobs} process{'es' if stats.jobs != 1 else ''}")
     if result.header.get("folds"):
         per_fold = Counter(r["fold"] for r in result.records if "fold" in r)
-        info(f"folds: " + ", ".join(f"{f}: {per_fold[f]}" for f in range(result.header["folds"])))
+        info("folds: " + ", ".join(f"{f}: {per_fold[f]}" for f in range(result.header["folds"])))
     if stats.ignored:
         parts = []
         if stats.hidden:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
 from imgcls.commands._common import common_options, open_input
-from imgcls.commands._training import check_no_terminal_stdin, emit_manifest, loop_options, parse_floats_option, report_result
+from imgcls.commands._training import continue_run, check_no_terminal_stdin, emit_manifest, loop_options, parse_floats_option, report_result
 
 
 def _list_archs(as_json: bool) -> None:
@@ -44,9 +43,6 @@ def _list_archs(as_json: bool) -> None:
     for line in [head, *table]:
         click.echo("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1])
 
-
-RESUME_MAY_CHANGE = ("resume", "epochs", "patience", "device", "workers", "threads", "cache", "cache_dir", "manifest", "output",
-                     "debug", "quiet", "verbose")
 
 
 @click.command("train")
@@ -128,7 +124,7 @@ def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_siz
     otherwise. Ctrl-C stops cleanly (exit 130): the best model so far and the last
     checkpoint stay in the run folder.
     """
-    from imgcls.commands._ranks import distributed_launch, is_main_rank, refuse_stdin_manifest, rank_guard
+    from imgcls.commands._ranks import is_main_rank, refuse_stdin_manifest, rank_guard
 
     with rank_guard("train"):  # under torchrun: rank 0 speaks; a failing rank ends the job
         from imgcls.errors import UsageProblem
@@ -141,30 +137,12 @@ def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_siz
 
         from imgcls.manifest import read_all
         from imgcls.training import TrainConfig
-        from imgcls.training import resume as resume_run
         from imgcls.training import train as train_run
 
         output = loop.pop("output")
         out = loop.pop("out")
         if resume is not None:
-            ctx = click.get_current_context()
-            changed = [p.name for p in ctx.command.params
-                       if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE
-                       and p.name not in RESUME_MAY_CHANGE]
-            if changed:
-                raise UsageProblem(f"--resume continues a run with its own settings; not allowed with: "
-                                   f"{', '.join('--' + n.replace('_', '-') for n in changed)}")
-            header = records = root = None
-            if manifest != "-" or (not sys.stdin.isatty() and not distributed_launch()):
-                header, records, reader = read_all(open_input(manifest))
-                root = reader.root
-            src = ctx.get_parameter_source
-            overrides = {k: loop[k] for k in ("epochs", "patience", "device", "workers", "threads", "cache", "cache_dir")
-                         if src(k) == click.core.ParameterSource.COMMANDLINE}
-            result, header, records = resume_run(resume, header=header, records=records, root=root, overrides=overrides)
-            report_result(result, "train")
-            if is_main_rank():
-                emit_manifest(output, header, records, result.model_path, result.run_dir)
+            continue_run("train", resume, manifest, output, loop)
             return
 
         refuse_stdin_manifest(manifest, "train")
