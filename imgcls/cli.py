@@ -70,6 +70,13 @@ class ImgclsGroup(click.Group):
             # A closed reader (`| head`) is not an error worth a message.
             _silence_stdout()
             sys.exit(0)
+        except OSError as exc:
+            # A file-system problem (no such folder, permission, disk full) is the user's to
+            # fix, not an internal error: name the path and the reason.
+            if settings.debug:
+                raise
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise click.ClickException(f"{exc.filename}: {reason}" if exc.filename else reason) from None
         except MemoryError:
             if settings.debug:
                 raise

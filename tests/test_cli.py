@@ -73,8 +73,13 @@ def test_cli_domain_error_is_one_line_without_traceback(tmp_path):
     def crash():
         raise ZeroDivisionError("division by zero")
 
+    @group.command("nofolder")
+    def nofolder():
+        (tmp_path / "file").write_text("x")
+        (tmp_path / "file" / "sub").mkdir()
+
     # these test commands are added to a fresh group, so list/get must see them
-    group.list_commands = lambda ctx: ["bad", "usage", "crash"]  # type: ignore[method-assign]
+    group.list_commands = lambda ctx: ["bad", "usage", "crash", "nofolder"]  # type: ignore[method-assign]
     group.get_command = lambda ctx, name: click.Group.get_command(group, ctx, name)  # type: ignore[method-assign]
     runner = CliRunner()
     res = runner.invoke(group, ["bad"])
@@ -88,3 +93,6 @@ def test_cli_domain_error_is_one_line_without_traceback(tmp_path):
     assert "Traceback" not in res.stderr
     assert "internal error: ZeroDivisionError" in res.stderr
     assert "--debug" in res.stderr
+    res = runner.invoke(group, ["nofolder"])
+    assert res.exit_code == 1
+    assert res.stderr.strip() == f"Error: {tmp_path}/file/sub: Not a directory"
