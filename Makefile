@@ -23,7 +23,7 @@ test-all: install
 	$(BIN)/python -m pytest -q -m ''
 
 demo: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" sh examples/demo.sh $(DEMO)
+	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} sh examples/demo.sh $(DEMO)
 
 man: install
 	$(BIN)/python -m imgcls.manpage --write man
