@@ -145,9 +145,15 @@ def decode_images(paths: Sequence[Path], image_size: int, channels: int, jobs: i
     return out
 
 
+def decoded_key(paths: Sequence[str | os.PathLike], image_size: int, channels: int,
+                sha256s: Sequence[str | None] | None = None) -> str:
+    """The one key of a decoded-image entry: train and eval share entries through it."""
+    shas = sha256s if sha256s is not None else [None] * len(paths)
+    return entry_key("decoded", [image_fingerprint(Path(p), s) for p, s in zip(paths, shas)], image_size, channels)
+
+
 def load_decoded(paths: Sequence[Path], image_size: int, channels: int, *, sha256s: Sequence[str | None] | None = None,
                  cache_dir: Path | None = None, jobs: int | None = None) -> np.ndarray:
     """Decoded uint8 images for ``paths``, from the cache when they are unchanged."""
-    shas = sha256s if sha256s is not None else [None] * len(paths)
-    key = entry_key("decoded", [image_fingerprint(Path(p), s) for p, s in zip(paths, shas)], image_size, channels)
+    key = decoded_key(paths, image_size, channels, sha256s)
     return cached_array(cache_dir, "decoded", key, lambda: decode_images(paths, image_size, channels, jobs))

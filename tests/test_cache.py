@@ -82,3 +82,20 @@ def test_cache_location_follows_environment(monkeypatch, tmp_path):
         assert cache.default_cache_dir() == tmp_path / "xdg" / "imgcls"
     assert cache.resolve_cache_dir("/explicit") == Path("/explicit")
     assert cache.resolve_cache_dir("/explicit", enabled=False) is None
+
+
+def test_cache_entry_written_by_train_serves_eval(invoke, image_folder, tmp_path):
+    c = tmp_path / "c"
+    prepared = invoke(["prepare", image_folder, "-q"])
+    assert prepared.exit_code == 0, prepared.stderr
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(prepared.stdout)
+    trained = invoke(["train", manifest, "--width", "4", "--depth", "2", "--epochs", "1", "--out", tmp_path / "run",
+                      "--cache-dir", c, "-q"])
+    assert trained.exit_code == 0, trained.stderr
+    entries = {e.name: e.stat().st_mtime_ns for e in (c / "decoded").glob("*.npy")}
+    assert len(entries) == 2  # train and val images
+    evaluated = invoke(["eval", manifest, "--model", tmp_path / "run", "--split", "val", "--cache-dir", c, "--json", "-q"])
+    assert evaluated.exit_code == 0, evaluated.stderr
+    # the val images come from train's entry: nothing new decoded, nothing rewritten
+    assert {e.name: e.stat().st_mtime_ns for e in (c / "decoded").glob("*.npy")} == entries

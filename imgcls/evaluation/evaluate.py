@@ -163,10 +163,9 @@ def evaluate_model(
     probs = np.empty((len(paths), len(info.classes)))
     start = time.perf_counter()
     if cache_dir is not None:
-        from imgcls.cache import cached_array, entry_key, image_fingerprint
+        from imgcls.cache import cached_array, decoded_key
 
-        key = entry_key("decoded", [image_fingerprint(Path(p), r.get("sha256")) for p, r in zip(paths, records)],
-                        info.image_size, info.channels)
+        key = decoded_key(paths, info.image_size, info.channels, [r.get("sha256") for r in records])
 
         def build() -> np.ndarray:
             with progress(len(paths), f"decode for {name}") as advance:

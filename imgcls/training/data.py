@@ -120,8 +120,13 @@ def _decode(args: tuple[Path, int, int]) -> np.ndarray:
     try:
         return load_uint8(path, size, channels)
     except ImageRejected as exc:
-        raise DataError(f"{path}: cannot read image ({exc.detail}); was it changed since imgcls prepare? "
-                        f"rerun prepare to skip it") from None
+        raise unreadable_since_prepare(exc) from None
+
+
+def unreadable_since_prepare(exc) -> DataError:
+    """An image prepare accepted that no longer decodes: say so, and what to do."""
+    return DataError(f"{exc.path}: cannot read image ({exc.detail}); was it changed since imgcls prepare? "
+                     f"rerun prepare to skip it")
 
 
 class ImageSet:
@@ -180,8 +185,7 @@ def preload_images(paths: Sequence[Path], image_size: int, channels: int, worker
     try:
         array = load_decoded(paths, image_size, channels, sha256s=sha256s, cache_dir=cache_dir, jobs=workers or None)
     except ImageRejected as exc:
-        raise DataError(f"{exc.path}: cannot read image ({exc.detail}); was it changed since imgcls prepare? "
-                        f"rerun prepare to skip it") from None
+        raise unreadable_since_prepare(exc) from None
     return torch.from_numpy(np.array(array))  # a writable copy in memory, also of a memory-mapped cache entry
 
 
