@@ -221,3 +221,128 @@ def test_predict_library_rows_keep_input_order():
     assert [r["path"] for r in rows] == ["a", "b", "c"]
     assert rows[0]["top_k"] == [{"label": "circle", "prob": 0.7}, {"label": "square", "prob": 0.2}]
     assert rows[1] == {"path": "b", "error": "no such file", "reason": "missing"}
+
+
+# --- the decoded-image cache -------------------------------------------------------------------------------
+
+from imgcls.evaluation.predicting import CACHE_MIN_IMAGES  # noqa: E402
+
+
+@pytest.fixture
+def many(world, tmp_path):
+    """A folder of exactly CACHE_MIN_IMAGES images (the world's, repeated) and a cache folder."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(CACHE_MIN_IMAGES):
+        src = world["images"][i % len(world["images"])]
+        (folder / f"{i:03d}_{src.parent.name}.png").write_bytes(src.read_bytes())
+    return {"folder": folder, "cache": tmp_path / "cache", "model": world["perfect"]}
+
+
+def cache_entries(cache_dir):
+    return sorted(p.name for p in (cache_dir / "decoded").glob("*.npy")) if (cache_dir / "decoded").exists() else []
+
+
+def test_predict_cache_second_run_is_a_hit(invoke, many):
+    args = ["-m", many["model"], many["folder"], "--cache-dir", many["cache"], "-v"]
+    first, result = predict_lines(invoke, args)
+    assert "decoded images cached" in result.stderr and "cache hit" not in result.stderr
+    entries = cache_entries(many["cache"])
+    assert len(entries) == 1
+    assert [p.name for p in (many["cache"] / "decoded").iterdir() if p.name.startswith(".")] == []  # no temp left
+    stamp = (many["cache"] / "decoded" / entries[0]).stat().st_mtime_ns
+    second, result = predict_lines(invoke, args)
+    assert "decoded cache hit" in result.stderr and "decoded images cached" not in result.stderr
+    assert second == first  # same paths, labels and probabilities, nothing decoded
+    assert cache_entries(many["cache"]) == entries
+    assert (many["cache"] / "decoded" / entries[0]).stat().st_mtime_ns == stamp  # not rewritten
+    assert [line["label"] for line in first] == [p.name.split("_", 1)[1][:-4] for p in sorted(many["folder"].iterdir())]
+
+
+def test_predict_cache_changed_file_is_decoded_again(invoke, many, world):
+    args = ["-m", many["model"], many["folder"], "--cache-dir", many["cache"], "-v"]
+    before, _ = predict_lines(invoke, args)
+    target = sorted(many["folder"].iterdir())[0]
+    assert before[0]["label"] == "circle"
+    square = next(p for p in world["images"] if p.parent.name == "square")
+    stat = target.stat()
+    target.write_bytes(square.read_bytes())  # new content under the old name, old timestamps put back
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    after, result = predict_lines(invoke, args)
+    assert "decoded cache hit" not in result.stderr and "decoded images cached" in result.stderr
+    assert after[0]["label"] == "square" and after[0]["prob"] != before[0]["prob"]  # not the stale pixels
+    assert after[1:] == before[1:]
+    assert len(cache_entries(many["cache"])) == 2
+
+
+def test_predict_cache_damaged_entry_is_rebuilt(invoke, many):
+    args = ["-m", many["model"], many["folder"], "--cache-dir", many["cache"], "-v"]
+    first, _ = predict_lines(invoke, args)
+    entry = many["cache"] / "decoded" / cache_entries(many["cache"])[0]
+    raw = bytearray(entry.read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 64] = bytes(64)  # zero some pixels in place
+    entry.write_bytes(bytes(raw))
+    rebuilt, result = predict_lines(invoke, args)
+    assert "is damaged" in result.stderr and "decoded images cached" in result.stderr
+    assert rebuilt == first  # the damaged pixels were not used
+    again, result = predict_lines(invoke, args)
+    assert "decoded cache hit" in result.stderr and again == first
+
+
+def test_predict_no_cache_and_small_sets_write_nothing(invoke, many, world):
+    lines, result = predict_lines(invoke, ["-m", many["model"], many["folder"], "--no-cache", "-v"])
+    assert len(lines) == CACHE_MIN_IMAGES and "no decoded-image cache" in result.stderr
+    default_cache = Path(os.environ["IMGCLS_CACHE"])
+    assert cache_entries(default_cache) == []
+    few = sorted(many["folder"].iterdir())[: CACHE_MIN_IMAGES - 1]
+    lines, result = predict_lines(invoke, ["-m", many["model"], *few, "--cache-dir", many["cache"], "-v"])
+    assert len(lines) == CACHE_MIN_IMAGES - 1 and f"fewer than {CACHE_MIN_IMAGES} images" in result.stderr
+    assert not many["cache"].exists()
+    result = invoke(["predict", "-m", many["model"], many["folder"], "--no-cache", "--cache-dir", many["cache"]])
+    assert result.exit_code == 2 and "exclude each other" in result.stderr
+    # without --cache-dir the default cache ($IMGCLS_CACHE here) is used from the threshold on
+    predict_lines(invoke, ["-m", many["model"], many["folder"]])
+    assert len(cache_entries(default_cache)) == 1
+
+
+def test_predict_cache_bad_file_among_good_still_gives_error_line(invoke, many):
+    bad = many["folder"] / "000_circle.png"
+    good_rows, _ = predict_lines(invoke, ["-m", many["model"], many["folder"], "--no-cache"])
+    bad.write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
+    args = ["-m", many["model"], many["folder"], "--cache-dir", many["cache"], "-v", "--batch-size", "16"]
+    for _ in range(2):  # nothing cached, so the second run reports the file again
+        lines, result = predict_lines(invoke, args, exit_code=1)
+        assert lines[0]["path"] == str(bad) and lines[0]["reason"] in ("corrupt", "truncated", "not-an-image")
+        assert lines[1:] == good_rows[1:]
+        assert f"1 of {CACHE_MIN_IMAGES} images could not be read" in result.stderr
+        assert "not cached: some files could not be read" in result.stderr and "cache hit" not in result.stderr
+        assert cache_entries(many["cache"]) == []
+        assert [p.name for p in (many["cache"] / "decoded").iterdir()] == []  # no temporary file left
+
+
+def test_predict_and_eval_share_cache_entries(invoke, many, tmp_path, monkeypatch):
+    from imgcls.images import sha256_file
+
+    images = sorted(many["folder"].iterdir())
+    # records carry sha256 as prepare writes it: the key is the files', so predict of plain paths matches too
+    records = [{"path": str(p), "label": p.name.split("_", 1)[1][:-4], "sha256": sha256_file(p)} for p in images]
+    manifest = write_manifest_file(tmp_path / "m.jsonl", records)
+    lines, result = predict_lines(invoke, ["-m", many["model"], manifest, "--cache-dir", many["cache"], "-v"])
+    assert "decoded images cached" in result.stderr
+    entries = cache_entries(many["cache"])
+    evaluated = invoke(["eval", manifest, "-m", many["model"], "--split", "all", "--cache-dir", many["cache"], "-v",
+                        "--predictions", tmp_path / "p.jsonl"])
+    assert evaluated.exit_code == 0, evaluated.stderr
+    assert "decoded cache hit" in evaluated.stderr and cache_entries(many["cache"]) == entries
+    from_eval = {r["path"]: r["probs"] for r in read_jsonl((tmp_path / "p.jsonl").read_text())[1:]}
+    for line in lines:
+        assert _probs(line) == pytest.approx(from_eval[line["path"]], abs=1e-6)
+    # and the other way round: an entry eval wrote serves predict
+    other = tmp_path / "other"
+    (other / "decoded").mkdir(parents=True)
+    evaluated = invoke(["eval", manifest, "-m", many["model"], "--split", "all", "--cache-dir", other, "-q"])
+    assert evaluated.exit_code == 0, evaluated.stderr
+    monkeypatch.chdir(tmp_path)  # a relative folder name finds the entry of eval's absolute paths
+    lines, result = predict_lines(invoke, ["-m", many["model"], "many", "--cache-dir", other, "-v"])
+    assert "decoded cache hit" in result.stderr and len(cache_entries(other)) == 1
+    assert [line["path"] for line in lines] == [f"many/{p.name}" for p in images]

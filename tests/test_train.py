@@ -461,3 +461,429 @@ def test_train_resume_with_more_epochs_restarts_a_finished_cosine(invoke, manife
     # lr is the rate at the end of each epoch: the stretched cosine climbs back above 0
     # instead of staying at the finished run's 0, and reaches 0 again at the new last epoch
     assert history[1]["lr"] == 0 and history[2]["lr"] > 0 and history[3]["lr"] == 0
+
+
+# -- torch.compile (opt-in) -----------------------------------------------------------------
+
+def test_train_compile_failure_is_one_line_error(invoke, manifest, tmp_path, monkeypatch):
+    def broken_compile(module, *args, **kwargs):
+        def call(*a, **k):
+            raise RuntimeError("no working C++ compiler\ndetails that nobody wants")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    result = _train(invoke, manifest, tmp_path / "run", "--epochs", "1", "--compile")
+    assert result.exit_code == 1, result.stderr
+    assert "--compile: torch.compile failed (RuntimeError: no working C++ compiler); run without --compile" in result.stderr
+    assert "Traceback" not in result.stderr and "details" not in result.stderr
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_train_compile_is_a_runtime_setting_that_resume_may_change(invoke, manifest, tmp_path, monkeypatch):
+    calls = []
+
+    def counting_compile(module, *args, **kwargs):
+        calls.append(type(module).__name__)
+        return module
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    assert _train(invoke, manifest, tmp_path / "run", "--epochs", "1").exit_code == 0
+    assert calls == []
+    result = invoke(["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--compile"])
+    assert result.exit_code == 0, result.stderr
+    assert calls == ["Classifier"]
+    # the saved file holds the bare model's keys, not torch.compile's wrapper names
+    assert not any(k.startswith("_orig_mod") for k in _tensors(tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_train_compile_trains_and_saves_an_ordinary_model(invoke, manifest, tmp_path):
+    result = _train(invoke, manifest, tmp_path / "run", "--epochs", "2", "--compile", "--threads", "1")
+    assert result.exit_code == 0, result.stderr
+    plain = _train(invoke, manifest, tmp_path / "plain", "--epochs", "2", "--threads", "1")
+    assert plain.exit_code == 0
+    compiled, eager = _tensors(tmp_path / "run"), _tensors(tmp_path / "plain")
+    assert compiled.keys() == eager.keys()
+    # compiled dropout draws its own random numbers, so the weights are close, not identical
+    for key in eager:
+        assert compiled[key].shape == eager[key].shape and torch.isfinite(compiled[key].float()).all(), key
+    history = read_jsonl((tmp_path / "run" / "history.jsonl").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    predicted = invoke(["eval", str(manifest), "--split", "val", "--model", str(tmp_path / "run"), "--json"])
+    assert predicted.exit_code == 0, predicted.stderr
+
+
+# -- frozen-feature cache, augmented views, deferred writes -----------------------------------
+
+FROZEN = [*TINY, "--freeze", "--dropout", "0"]
+
+
+def _cnn_weights(path: Path, seed: int, **metadata: str) -> Path:
+    """A state dict for TINY's cnn (a 'pretrained' backbone the tests control)."""
+    from imgcls.models import get_model
+
+    torch.manual_seed(seed)
+    model = get_model("cnn", num_classes=3, in_channels=3, width=8, depth=2)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=metadata or None)
+    return path
+
+
+def _entries(cache: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (cache / "features").glob("*.npy")}
+
+
+def test_train_feature_cache_warm_run_skips_the_backbone_with_identical_weights(invoke, manifest, tmp_path, monkeypatch):
+    from imgcls.training.loop import Trainer
+
+    weights = _cnn_weights(tmp_path / "w.safetensors", 1)
+    cache = tmp_path / "cache"
+    args = [*FROZEN, "--weights", weights, "--cache-dir", cache, "--epochs", "2"]
+    cold = invoke(["train", manifest, *args, "--out", tmp_path / "cold"])
+    assert cold.exit_code == 0, cold.stderr
+    assert "computed once" in cold.stderr and "cached for later runs" in cold.stderr
+    first = _entries(cache)
+    assert len(first) == 2  # the train and the val features
+    calls = []
+    real = Trainer.__init__
+
+    def spy(self, model, *a, **k):  # the backbone must not run at all on a warm run
+        model.backbone.register_forward_hook(lambda *_: calls.append(1))
+        real(self, model, *a, **k)
+
+    monkeypatch.setattr(Trainer, "__init__", spy)
+    warm = invoke(["train", manifest, *args, "--out", tmp_path / "warm"])
+    assert warm.exit_code == 0, warm.stderr
+    assert "read from the feature cache" in warm.stderr and "not decoded" in warm.stderr and not calls
+    assert _entries(cache) == first  # read, not rewritten
+    off = invoke(["train", manifest, *FROZEN, "--weights", weights, "--epochs", "2", "--no-cache",
+                  "--cache-dir", tmp_path / "other", "--out", tmp_path / "off"])
+    assert off.exit_code == 0, off.stderr
+    assert not (tmp_path / "other").exists() and "computed once" in off.stderr
+    ta, tb, tc = (_tensors(tmp_path / name) for name in ("cold", "warm", "off"))
+    assert all(torch.equal(ta[k], tb[k]) and torch.equal(ta[k], tc[k]) for k in ta)  # float32 entries: exact
+    assert any(k.startswith("backbone.") for k in ta) and "head.1.weight" in ta  # one ordinary model file
+
+
+def test_train_feature_cache_never_serves_stale_features(invoke, manifest, tmp_path):
+    """A changed image (content or only its time stamp), other weights, size or mean: computed again."""
+    weights = _cnn_weights(tmp_path / "w.safetensors", 1)
+    cache = tmp_path / "cache"
+    runs = iter(range(100))
+
+    def run(*extra) -> tuple[str, set[str]]:
+        before = set(_entries(cache)) if (cache / "features").exists() else set()
+        result = invoke(["train", manifest, *FROZEN, "--cache-dir", cache, "--epochs", "1",
+                         "--out", tmp_path / f"r{next(runs)}", *extra])
+        assert result.exit_code == 0, result.stderr
+        return result.stderr, set(_entries(cache)) - before
+
+    base = ["--weights", weights]
+    _, new = run(*base)
+    assert len(new) == 2
+    stderr, new = run(*base)
+    assert not new and "read from the feature cache" in stderr
+    # a training image rewritten with other pixels, its size and modification time restored
+    image = tmp_path / "images" / "circle" / "circle_005.png"
+    stat = image.stat()
+    image.write_bytes((tmp_path / "images" / "circle" / "circle_006.png").read_bytes())
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    stderr, new = run(*base)
+    assert len(new) == 1 and "the rest read from the feature cache" in stderr  # train changed, val did not
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched only
+    assert len(run(*base)[1]) == 1
+    # other weights in the same file name, then the same weights with other preprocessing
+    _cnn_weights(weights, 2)
+    assert len(run(*base)[1]) == 2
+    assert len(run(*base, "--mean", "0.4")[1]) == 2  # image size, std, precision: the next test
+    stderr, new = run(*base)  # back to the last weights at the default size and mean: still cached
+    assert not new and "read from the feature cache" in stderr
+
+
+def test_train_feature_cache_key_covers_every_setting(manifest, tmp_path):
+    """Library level: each part of the key changes it (backbone tensors, preprocessing, precision, view)."""
+    from dataclasses import replace
+
+    from imgcls.models import get_model
+    from imgcls.training import TrainConfig
+    from imgcls.training.features import FeatureStore, backbone_digest, view_spec
+    from imgcls.training.augment import preset
+
+    torch.manual_seed(0)
+    model = get_model("cnn", num_classes=3, in_channels=3, width=8, depth=2)
+    cfg = TrainConfig(arch="cnn", arch_options={"width": 8, "depth": 2}, image_size=16, channels=3,
+                      mean=[0.5] * 3, std=[0.5] * 3)
+    _, records, reader = read_all(manifest)
+    paths = [reader.resolve(r) for r in records]
+    shas = [None] * len(paths)
+    cpu = torch.device("cpu")
+
+    def key(model=model, cfg=cfg, precision="fp32", view=None):
+        return FeatureStore(model, cfg, cpu, precision, tmp_path, False).key(paths, shas, view)
+
+    base = key()
+    assert key() == base
+    other = get_model("cnn", num_classes=3, in_channels=3, width=8, depth=2)
+    other.load_state_dict(model.state_dict())
+    assert key(other) == base and backbone_digest(other) == backbone_digest(model)
+    other.backbone.state_dict()[next(k for k in other.backbone.state_dict() if k.endswith("running_mean"))] += 1e-3
+    assert key(other) != base  # buffers count, not only parameters
+    other.head[1].weight.data += 1  # the head is not part of the features
+    assert backbone_digest(other) != backbone_digest(model)
+    same_backbone = get_model("cnn", num_classes=3, in_channels=3, width=8, depth=2)
+    same_backbone.load_state_dict(model.state_dict())
+    same_backbone.head[1].weight.data += 1
+    assert key(same_backbone) == base
+    for changed in (replace(cfg, image_size=12), replace(cfg, mean=[0.4] * 3), replace(cfg, std=[0.25] * 3),
+                    replace(cfg, channels=1)):
+        assert key(cfg=changed) != base
+    assert key(precision="bf16") != base and key(precision="fp16") != key(precision="bf16")
+    light = preset("light")
+    views = {key(view=view_spec("light", light, s, v)) for s in (0, 1) for v in (0, 1)}
+    assert len(views) == 4 and base not in views
+    assert key(view=view_spec("light", preset("light", flip=False), 0, 0)) not in views
+    assert key(view=view_spec("standard", preset("standard"), 0, 0)) not in views
+
+
+def test_train_feature_views_computed_once_cached_and_cycled(invoke, manifest, tmp_path):
+    weights = _cnn_weights(tmp_path / "w.safetensors", 1)
+    cache = tmp_path / "cache"
+    args = [*FROZEN, "--weights", weights, "--cache-dir", cache, "--augment", "light", "--epochs", "3", "-v"]
+    result = invoke(["train", manifest, *args, "--feature-views", "2", "--out", tmp_path / "a"])
+    assert result.exit_code == 0, result.stderr
+    assert "2 augmented views" in result.stderr and "computed once" in result.stderr
+    used = [line.split("view ")[1] for line in result.stderr.splitlines() if "trains on augmented view" in line]
+    assert used == ["1 of 2", "2 of 2", "1 of 2"]  # epoch e: view (e - 1) mod K
+    assert len(_entries(cache)) == 3  # two training views and the plain validation images
+    from imgcls.models.io import read_model_info
+
+    assert read_model_info(tmp_path / "a").config["feature_views"] == 2
+    more = invoke(["train", manifest, *args, "--feature-views", "3", "--out", tmp_path / "b"])
+    assert more.exit_code == 0, more.stderr
+    assert len(_entries(cache)) == 4 and "the rest read from the feature cache" in more.stderr  # views 1, 2 reused
+    hint = invoke(["train", manifest, *FROZEN, "--augment", "light", "--epochs", "1", "--out", tmp_path / "c"])
+    assert hint.exit_code == 0 and "--feature-views K would" in hint.stderr and len(_entries(cache)) == 4
+    for wrong in (["--feature-views", "2"], ["--freeze", "--feature-views", "2", "--no-feature-cache"]):
+        message = _one_line_error(invoke(["train", manifest, *TINY, *wrong, "--out", tmp_path / "d"]), 2)
+        assert "--feature-views" in message and not (tmp_path / "d").exists()
+
+
+def test_train_feature_views_are_fixed_per_image_seed_and_view():
+    """A view depends on (seed, view, image) only: not on batch size, order, or the global RNG."""
+    from imgcls.training.augment import preset
+    from imgcls.training.data import Feeder, ImageSet
+    from imgcls.training.features import ViewFeeder
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (10, 12, 12, 3), dtype=torch.uint8)
+    data = ImageSet([Path(f"{i}.png") for i in range(10)], torch.arange(10) % 3, 12, 3, images=images)
+    cpu = torch.device("cpu")
+
+    def view(batch_size: int, seed: int, v: int, order=None, augment="strong") -> torch.Tensor:
+        feeder = Feeder(data, batch_size, cpu, [0.5] * 3, [0.5] * 3, preset(augment))
+        out = torch.empty(10, 3, 12, 12)
+        order = torch.arange(10) if order is None else order
+        done = 0
+        for x, y in ViewFeeder(feeder, seed, v).batches(order):
+            out[order[done:done + len(y)]] = x
+            assert torch.equal(y, data.labels[order[done:done + len(y)]])
+            done += len(y)
+        return out
+
+    rng = torch.get_rng_state()
+    a = view(4, 0, 0)
+    assert torch.equal(torch.get_rng_state(), rng)  # the training's random stream is untouched
+    assert torch.equal(view(7, 0, 0, order=torch.randperm(10)), a)
+    assert not torch.equal(view(4, 0, 1), a) and not torch.equal(view(4, 1, 0), a)
+    plain = Feeder(data, 10, cpu, [0.5] * 3, [0.5] * 3)
+    assert not torch.equal(next(plain.batches())[0], a)
+    assert torch.equal(view(3, 0, 0, augment="light"), view(10, 0, 0, augment="light"))
+
+
+def test_train_frozen_resume_matches_uninterrupted_run_with_views(manifest, tmp_path, invoke):
+    """The features of a resumed frozen run come from the checkpoint's backbone, and epoch e keeps its view."""
+    weights = str(_cnn_weights(tmp_path / "w.safetensors", 1))
+    cfg = dict(trainable_blocks=0, weights=weights, augment="light", feature_views=2, dropout=0.0)
+    full = _library_train(manifest, tmp_path / "full", epochs=3, **cfg)
+
+    def interrupt(trainer, record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    cut = _library_train(manifest, tmp_path / "cut", epochs=3, callbacks=[interrupt], **cfg)
+    assert cut.interrupted
+    result = invoke(["train", "--resume", tmp_path / "cut", "-o", tmp_path / "out.jsonl"])
+    assert result.exit_code == 0, result.stderr
+    ta, tb = _tensors(full.model_path), _tensors(tmp_path / "cut")
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+# -- DataLoader settings from the machine ------------------------------------------------------
+
+def test_train_loader_settings_chosen_from_cpus_and_device():
+    from imgcls.training.data import choose_loader_settings as choose
+
+    cpu = choose("auto", 2, "cpu")
+    assert (cpu.workers, cpu.pin_memory, cpu.persistent_workers, cpu.prefetch_factor) == (1, False, True, 2)
+    assert choose(None, 1, "cpu").workers == 0 and choose("auto", 1, "cpu").prefetch_factor is None
+    assert [choose("auto", n, "cpu").workers for n in (3, 4, 8, 64)] == [1, 2, 4, 4]  # half the cores, at most 4
+    gpu = choose("auto", 16, "cuda")
+    assert (gpu.workers, gpu.pin_memory, gpu.persistent_workers) == (8, True, True)
+    assert [choose("auto", n, "cuda").workers for n in (1, 2, 4, 64)] == [0, 1, 3, 8]  # one core for the trainer
+    assert choose("auto", 16, "mps").workers == 8 and not choose("auto", 16, "mps").pin_memory
+    assert choose("auto", 16, "cuda", processes=4).workers == 3  # four torchrun ranks share the 16 CPUs
+    assert choose("auto", 16, "cuda", batches=2).workers == 2  # never more workers than batches
+    assert not choose("auto", 16, "cuda", passes=1).persistent_workers  # one pass: nothing to keep alive
+    explicit = choose(3, 1, "cpu")  # an explicit number is kept, whatever the machine
+    assert explicit.workers == 3 and explicit.chosen == "as requested"
+    none = choose(0, 64, "cuda")
+    assert (none.workers, none.persistent_workers, none.prefetch_factor, none.pin_memory) == (0, False, None, True)
+    with pytest.raises(ValueError):
+        choose(-1, 4, "cpu")
+
+
+def test_train_lazy_path_with_auto_workers_trains_as_preloaded(invoke, manifest, tmp_path, monkeypatch):
+    """Data too large to preload: DataLoader workers chosen from the machine, the same weights."""
+    import imgcls.training.data as data
+
+    preloaded = _train(invoke, manifest, tmp_path / "pre", "--epochs", "2", "-v")
+    assert preloaded.exit_code == 0, preloaded.stderr
+    assert "DataLoader" not in preloaded.stderr  # in memory: no workers started
+    monkeypatch.setattr(data, "PRELOAD_LIMIT_BYTES", 0)
+    monkeypatch.setattr(data, "available_cpus", lambda: 4)  # auto -> 2 workers on the CPU, whatever runs the test
+    lazy = _train(invoke, manifest, tmp_path / "lazy", "--epochs", "2", "-v")
+    assert lazy.exit_code == 0, lazy.stderr
+    assert "decoded per batch, not preloaded" in lazy.stderr
+    assert ("DataLoader for 21 images: 2 worker processes (auto: 4 CPUs, cpu device), kept between epochs, "
+            "2 batches prefetched per worker, pinned memory off") in lazy.stderr
+    explicit = _train(invoke, manifest, tmp_path / "zero", "--epochs", "2", "--workers", "0", "-v")
+    assert explicit.exit_code == 0, explicit.stderr
+    assert "batches made in the main process (as requested)" in explicit.stderr
+    for run in ("lazy", "zero"):
+        got, want = _tensors(tmp_path / run), _tensors(tmp_path / "pre")
+        assert all(torch.equal(got[k], want[k]) for k in want), run
+    bad = invoke(["train", str(manifest), "--workers", "many"])
+    assert bad.exit_code == 2 and "'many' is not a number of workers" in bad.stderr
+
+
+def test_train_policy_augment_same_weights_with_any_worker_count(manifest, tmp_path):
+    """--augment strong runs its per-image policy in workers: their number must not change the result."""
+    runs = {w: _library_train(manifest, tmp_path / f"w{w}", epochs=2, augment="strong", workers=w)
+            for w in (0, 2)}
+    a, b = _tensors(runs[0].model_path), _tensors(runs[2].model_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_save_interval_writes_after_first_epoch_then_when_due(invoke, manifest, tmp_path, monkeypatch):
+    import imgcls.models.io
+    import imgcls.training.checkpoint
+
+    writes = []
+    real_ckpt, real_model = imgcls.training.checkpoint.write_checkpoint, imgcls.models.io.save_model
+    monkeypatch.setattr(imgcls.training.checkpoint, "write_checkpoint",
+                        lambda path, payload: (writes.append(("ckpt", json.loads(payload[1]["state"])["epoch"])),
+                                               real_ckpt(path, payload))[1])
+    monkeypatch.setattr(imgcls.models.io, "save_model",
+                        lambda path, model, info: (writes.append(("model", info.extra.get("best_epoch"))),
+                                                   real_model(path, model, info))[1])
+    result = _train(invoke, manifest, tmp_path / "a", "--epochs", "4", "--patience", "0")
+    assert result.exit_code == 0, result.stderr
+    from imgcls.models.io import read_model_info
+
+    final_best = read_model_info(tmp_path / "a").extra["best_epoch"]
+    # the default 60 s: epoch 1 at once, the rest at the end (the final best model, the last checkpoint)
+    assert writes == [("model", 1), ("ckpt", 1), ("model", final_best), ("ckpt", 4)]
+    writes.clear()
+    result = _train(invoke, manifest, tmp_path / "b", "--epochs", "4", "--patience", "0", "--save-interval", "0")
+    assert result.exit_code == 0, result.stderr
+    assert [w for w in writes if w[0] == "ckpt"] == [("ckpt", e) for e in (1, 2, 3, 4)]
+    history = read_jsonl((tmp_path / "b" / "history.jsonl").read_text())
+    assert [w for w in writes if w[0] == "model"][:-1] == [("model", h["epoch"]) for h in history if h["best"]]
+
+
+def test_train_interrupt_writes_the_pending_model_and_last_finished_epoch(invoke, manifest, tmp_path, monkeypatch):
+    """Ctrl-C in epoch 3 (weights already moved): the checkpoint is epoch 2's, and resuming matches."""
+    from imgcls.training.loop import Trainer
+
+    full = _train(invoke, manifest, tmp_path / "full", "--epochs", "3", "--augment", "light")
+    assert full.exit_code == 0, full.stderr
+    real = Trainer.train_epoch
+    calls = []
+
+    def train_epoch(self, advance):
+        calls.append(1)
+        out = real(self, advance)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # after a whole epoch of steps: the model is no longer epoch 2's
+        return out
+
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+    cut = _train(invoke, manifest, tmp_path / "cut", "--epochs", "3", "--augment", "light")
+    assert cut.exit_code == 130 and "interrupted after epoch 2" in cut.stderr
+    from imgcls.training.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "cut").meta["epoch"] == 2
+    history = read_jsonl((tmp_path / "cut" / "history.jsonl").read_text())
+    best = max(h["epoch"] for h in history if h["best"])
+    from imgcls.models.io import read_model_info
+
+    assert read_model_info(tmp_path / "cut").extra["best_epoch"] == best
+    monkeypatch.setattr(Trainer, "train_epoch", real)
+    resumed = invoke(["train", "--resume", tmp_path / "cut", "-o", tmp_path / "o.jsonl"])
+    assert resumed.exit_code == 0, resumed.stderr
+    ta, tb = _tensors(tmp_path / "full"), _tensors(tmp_path / "cut")
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_train_sigterm_stops_like_ctrl_c_with_exit_143(invoke, manifest, tmp_path, monkeypatch):
+    import signal
+
+    from imgcls.training.loop import Trainer
+
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        pytest.skip("SIGTERM already has a handler in this process")
+    real = Trainer.train_epoch
+    calls = []
+
+    def train_epoch(self, advance):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, advance)
+
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+    result = _train(invoke, manifest, tmp_path / "run", "--epochs", "5")
+    assert result.exit_code == 143, result.stderr
+    assert "stopped by signal 15" in result.stderr and "--resume" in result.stderr
+    from imgcls.training.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "run").meta["epoch"] == 1
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler lives only while training
+
+
+def test_train_frozen_decoding_beside_the_backbone_matches_decoding_first(invoke, manifest, tmp_path, monkeypatch):
+    """The streamed path (worker processes decode while the backbone runs) gives the same model and cache entries."""
+    from imgcls.training import features
+
+    monkeypatch.setattr(features, "STREAM_MIN_IMAGES", 0)
+    monkeypatch.setattr(features, "overlap_workers", lambda device: 1)
+    weights = _cnn_weights(tmp_path / "w.safetensors", 1)
+    cache = tmp_path / "cache"
+    args = [*FROZEN, "--weights", weights, "--cache-dir", cache, "--epochs", "2", "-v"]
+    streamed = invoke(["train", manifest, *args, "--out", tmp_path / "a"])
+    assert streamed.exit_code == 0, streamed.stderr
+    assert "while the backbone runs" in streamed.stderr and "decoded alongside" in streamed.stderr
+    assert len(list((cache / "decoded").glob("*.npy"))) == 2  # the decoded images were cached on the way
+    for entry in (cache / "features").glob("*"):
+        entry.unlink()
+    first = invoke(["train", manifest, *args, "--out", tmp_path / "b"])  # decoded-image cache hit: decoded first
+    assert first.exit_code == 0, first.stderr
+    assert "while the backbone runs" not in first.stderr and "decoded cache hit" in first.stderr
+    ta, tb = _tensors(tmp_path / "a"), _tensors(tmp_path / "b")
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    # an image unreadable since prepare: one line, no run folder, no cache entry for its set
+    (tmp_path / "images" / "square" / "square_007.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    before = set((cache / "decoded").glob("*.npy"))
+    bad = invoke(["train", manifest, *args, "--out", tmp_path / "c"])
+    assert bad.exit_code == 1 and "square_007.png" in bad.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in bad.stderr and not (tmp_path / "c").exists()
+    assert set((cache / "decoded").glob("*.npy")) == before and not list((cache / "decoded").glob(".*.tmp"))

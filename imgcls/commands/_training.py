@@ -19,6 +19,30 @@ def _opt(*args: Any, **kwargs: Any) -> Callable:
     return click.option(*args, **kwargs)
 
 
+class WorkersType(click.ParamType):
+    """A number of worker processes (0 or more), or "auto"."""
+
+    name = "workers"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isdigit():
+            return int(text)
+        self.fail(f"{value!r} is not a number of workers (0 or more) or 'auto'", param, ctx)
+
+    def shell_complete(self, ctx: Any, param: Any, incomplete: str) -> list:
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem("auto")] if "auto".startswith(incomplete) else []
+
+
+WORKERS = WorkersType()
+
+
 def loop_options(inherit: bool) -> Callable:
     """Optimisation and data options. ``inherit``: defaults come from the parent model (finetune)."""
 
@@ -72,28 +96,52 @@ def loop_options(inherit: bool) -> Callable:
             _opt("--amp/--no-amp", default=True, show_default=True,
                  help="Mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler). "
                       "No effect on CPU/MPS."),
-            _opt("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+            _opt("--workers", type=WORKERS, default="auto", show_default=True, metavar="N|auto",
                  help="DataLoader worker processes, used for --augment strong and for data sets too large "
                       "to hold decoded in memory (IMGCLS_PRELOAD_LIMIT_MB, default 4096); otherwise batches "
-                      "come straight from memory."),
+                      "come straight from memory and no worker starts. auto: from the CPUs this process may "
+                      "use (shared by the torchrun processes of the machine): min(8, CPUs - 1) on CUDA/MPS, "
+                      "min(4, CPUs / 2) on the CPU, never more than batches per epoch. 0: decode in the main "
+                      "process. Workers stay alive between epochs; memory is pinned on CUDA; 2 batches "
+                      "prefetched per worker. -v shows the choice. The result does not depend on the number."),
             _opt("--threads", type=click.IntRange(min=0), default=0, show_default=True,
                  help="CPU threads for PyTorch (0: its default, one per core). On a CPU shared with other "
                       "jobs, fewer threads than cores avoids threads waiting on each other."),
+            _opt("--compile/--no-compile", default=False, show_default=True,
+                 help="Run the training and validation steps through torch.compile (needs a C/C++ compiler). "
+                      "Off by default: compiling costs 30-60 s up front, and on the 2-core CPU it was measured "
+                      "slower than eager mode for imgcls' small CNNs (docs/benchmarks.md); try it on a GPU or for "
+                      "long runs. Not used on the frozen-feature path (the head alone is a single Linear layer)."),
             _opt("--cache/--no-cache", default=True, show_default=True,
-                 help="Keep decoded, resized images in the on-disk cache shared with eval, so the next run on "
-                      "the same unchanged files skips decoding (entries keyed by each file's path, size and "
-                      "modification time, the image size and channels; damaged entries are rebuilt)."),
+                 help="Keep decoded, resized images in the on-disk cache shared with eval and predict, so the "
+                      "next run on the same unchanged files skips decoding (entries keyed by the files as they "
+                      "are now: path, size, modification and change times; the image size and channels; "
+                      "damaged entries are rebuilt). With a "
+                      "frozen backbone its features are cached too, keyed also by a hash of the backbone's "
+                      "weights, the mean/std, the precision and the augmented view: a changed image, weights "
+                      "file or preprocessing is never served stale features. --no-cache: nothing is read or "
+                      "written there (frozen features are still computed once per run, in memory)."),
             _opt("--cache-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-                 help="Where the decoded-image cache lives. Default: $IMGCLS_CACHE, else ~/.cache/imgcls."),
+                 help="Where the decoded-image and feature caches live. Default: $IMGCLS_CACHE, else "
+                      "~/.cache/imgcls."),
             _opt("--feature-cache/--no-feature-cache", default=True, show_default=True,
-                 help="With a frozen backbone and --augment none, compute its features once and train the head "
-                      "on them (identical result, epochs cost almost nothing). --no-feature-cache runs the "
-                      "backbone every step."),
+                 help="With a frozen backbone (and --augment none, or --feature-views K), compute its features "
+                      "once and train the head on them (identical result, epochs cost almost nothing). "
+                      "--no-feature-cache runs the backbone every step."),
             _opt("--val-fraction", type=click.FloatRange(0.01, 0.5), default=0.15, show_default=True,
                  help="Only when the manifest has no val records: hold out this stratified fraction of the "
                       "training images for validation (with a warning)."),
             _opt("--checkpoint/--no-checkpoint", default=True, show_default=True,
-                 help="Write checkpoint.safetensors after every epoch, for --resume."),
+                 help="Write checkpoint.safetensors (for --resume) as often as --save-interval allows."),
+            _opt("--save-interval", type=click.FloatRange(min=0), default=60.0, show_default=True,
+                 metavar="SECONDS",
+                 help="Write the best model and the checkpoint after the first epoch, then at most once per "
+                      "SECONDS (at the end of the first epoch that finds them due), and always at the end: last "
+                      "epoch, early stopping, Ctrl-C, SIGTERM or an error. Short epochs (a frozen backbone) then "
+                      "cost no file writes; long ones are saved every epoch as before. 0: after every epoch. "
+                      "A run killed without warning (kill -9, out of memory, power loss) loses at most the "
+                      "epochs of the last SECONDS plus the one under way; --resume continues from the last "
+                      "checkpoint written."),
             _opt("--out", type=click.Path(file_okay=False), default=None, metavar="DIR",
                  help="Run folder to create (must be new or empty). Default: runs/<YYYYmmdd-HHMMSS>-<arch>."),
             _opt("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-", show_default=True,
@@ -143,8 +191,11 @@ def report_result(result: Any, command: str) -> None:
                    f"(epoch {fit.best_epoch}) is in {result.model_path}; continue with: imgcls {command} --resume {result.run_dir}")
         else:
             msg = "interrupted before the first epoch ended: no model written"
+        signal = getattr(result, "signal", None)
+        if signal is not None:
+            msg = f"stopped by signal {signal}: {msg}"
         click.echo(f"imgcls {command}: {msg}", err=True)
-        sys.exit(130)
+        sys.exit(128 + signal if signal is not None else 130)
     best = [h for h in fit.history if h["epoch"] == fit.best_epoch]
     acc = f", val acc {best[-1]['val_acc']:.3f}" if best else ""
     info(f"saved {result.model_path} (best epoch {fit.best_epoch}, val loss {fit.best_val_loss:.4f}{acc})")
@@ -156,7 +207,8 @@ def check_no_terminal_stdin(manifest: str) -> None:
 
 
 # --resume continues a run with its own settings: only these may change on the command line.
-RESUME_OVERRIDES = ("epochs", "patience", "device", "workers", "threads", "cache", "cache_dir")
+RESUME_OVERRIDES = ("epochs", "patience", "device", "workers", "threads", "compile", "cache", "cache_dir",
+                    "save_interval")
 RESUME_MAY_CHANGE = ("resume", *RESUME_OVERRIDES, "manifest", "output", "debug", "quiet", "verbose")
 
 

@@ -62,9 +62,9 @@ def _sanitize(obj: Any) -> Any:
               help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average with a horizontally flipped view.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Decoded-image cache shared with train (entries keyed by each file's path, size and "
-                   "modification time, the model's image size and channels). Default: $IMGCLS_CACHE, "
-                   "else ~/.cache/imgcls.")
+              help="Decoded-image cache shared with train and predict (entries keyed by the ordered files as "
+                   "they are now: path, size, modification and change times; the model's image size and "
+                   "channels). Default: $IMGCLS_CACHE, else ~/.cache/imgcls.")
 @click.option("--no-cache", is_flag=True,
               help="Decode the images on the fly (a thread pool feeding the model) without reading or "
                    "writing the cache.")

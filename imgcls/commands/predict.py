@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
 from imgcls.commands._common import common_options
+from imgcls.evaluation.predicting import CACHE_MIN_IMAGES
 
 
 @click.command("predict")
@@ -29,9 +31,18 @@ from imgcls.commands._common import common_options
                    "a single image is always decoded in the main thread.")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Decoded-image cache shared with train and eval (entries keyed by the ordered files as they "
+                   "are now: path, size, modification and change times; the model's image size and channels). "
+                   f"Used for {CACHE_MIN_IMAGES} images or more: fewer are decoded faster than a cache lookup "
+                   "and write. Only a set whose every image decoded is stored. Default: $IMGCLS_CACHE, "
+                   "else ~/.cache/imgcls.")
+@click.option("--no-cache", is_flag=True,
+              help="Decode the images on the fly (a thread pool feeding the model) without reading or "
+                   "writing the cache.")
 @common_options
 def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: bool, as_table: bool, tta: bool,
-            batch_size: int, workers: int | None, device: str) -> None:
+            batch_size: int, workers: int | None, device: str, cache_dir: Path | None, no_cache: bool) -> None:
     """Predict labels of images with a trained model.
 
     \b
@@ -52,6 +63,10 @@ def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: boo
     On a terminal the results are a table; piped (or --json) one JSON line per image
     in input order. An unreadable image gets an error line; the others are still
     predicted and the exit status is 1 at the end.
+
+    From --cache-dir's threshold on, decoded images go through the on-disk cache
+    that train and eval share: predicting the same unchanged files again (another
+    model, a cron job) skips decoding; -v says whether it was a hit.
     """
     from imgcls.console import detail, info, warn
     from imgcls.errors import DataError, UsageProblem
@@ -59,6 +74,8 @@ def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: boo
 
     if as_json and as_table:
         raise UsageProblem("--json and --table exclude each other")
+    if no_cache and cache_dir is not None:
+        raise UsageProblem("--cache-dir and --no-cache exclude each other")
     if not inputs:
         if sys.stdin.isatty():
             raise UsageProblem("no images given: pass image files, folders, a manifest, or '-' for paths on stdin")
@@ -71,7 +88,7 @@ def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: boo
         raise DataError("no images to predict: " + "; ".join(notes or ["the inputs list no image"]))
 
     from imgcls.evaluation.inference import predict_batches, resolve_device
-    from imgcls.evaluation.predicting import rows_in_order
+    from imgcls.evaluation.predicting import cache_for, rows_in_order
     from imgcls.evaluation.progress import progress_bar
     from imgcls.models.io import load_model
 
@@ -79,14 +96,17 @@ def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: boo
     net, minfo = load_model(model_path, device)
     info(f"model: {model_path} (from {source}; {minfo.arch}, {len(minfo.classes)} classes, "
          f"{minfo.image_size} px, {minfo.channels} ch)")
-    detail(f"{len(paths)} images, device {device}" + (", TTA" if tta else ""))
+    cache = cache_for(len(paths), cache_dir, enabled=not no_cache)
+    detail(f"{len(paths)} images, device {device}" + (", TTA" if tta else "")
+           + (f", decoded-image cache {cache}" if cache is not None else
+              ", no decoded-image cache" + (f" (fewer than {CACHE_MIN_IMAGES} images)" if not no_cache else "")))
     k = min(top_k, len(minfo.classes))
     table_mode = as_table or (not as_json and sys.stdout.isatty())
     n_errors = 0
     rows = []
     with progress_bar(len(paths), "predict", min_total=batch_size + 1) as advance:
         batches = predict_batches(net, minfo, paths, batch_size=batch_size, device=device, workers=workers, tta=tta,
-                                  on_batch=advance)
+                                  on_batch=advance, cache_dir=cache)
         for row in rows_in_order(batches, paths, minfo.classes, k):
             n_errors += "error" in row
             if table_mode:

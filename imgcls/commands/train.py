@@ -78,7 +78,16 @@ def _list_archs(as_json: bool) -> None:
 @click.option("--freeze", is_flag=True,
               help="Train the head only: the backbone is frozen and kept in eval mode (BatchNorm statistics do not "
                    "drift). With --augment none its features are computed once and the epochs train the head on "
-                   "them (fast on a CPU).")
+                   "them (ten epochs cost about one backbone pass); they are also kept in the on-disk cache "
+                   "(--cache), so a later run on the same unchanged images, weights and preprocessing skips the "
+                   "backbone. With augmentation see --feature-views.")
+@click.option("--feature-views", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
+              help="With --freeze and --augment light/standard/strong: run the backbone once over K augmented "
+                   "views of the training images (K backbone passes in all, cached like plain features; each view "
+                   "fixed by --seed and its number) and train the head on them, epoch e on view (e-1) mod K. "
+                   "Validation always uses the plain images. 0: the backbone runs on every augmented batch "
+                   "(fresh augmentation each epoch, one backbone pass per epoch). Without augmentation the one "
+                   "plain view is used. Kept in the model's training config.")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="cnn, cnn-gru: channels of the first block (doubles per block; arch default 32).")
 @click.option("--depth", type=click.IntRange(min=1), default=None, help="cnn, cnn-gru: number of conv blocks (arch default 4 / 3).")
 @click.option("--hidden", type=click.IntRange(min=1), default=None, help="cnn-gru: GRU hidden size (arch default 128).")
@@ -99,7 +108,7 @@ def _list_archs(as_json: bool) -> None:
 @common_options
 def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_size: int | None, channels: str | None,
             pretrained: bool | None, weights: str | None, mean: str | None, std: str | None, freeze: bool,
-            width: int | None, depth: int | None, hidden: int | None, block_dropout: float | None, dropout: float,
+            feature_views: int, width: int | None, depth: int | None, hidden: int | None, block_dropout: float | None, dropout: float,
             lr: float | None, backbone_lr: float | None, backbone_lr_ratio: float, resume: str | None,
             **loop: object) -> None:
     """Train a classifier on a manifest's train split, selecting it on the val split.
@@ -121,8 +130,10 @@ def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_siz
     val records a stratified --val-fraction of the training images is held out (with a
     warning). Records without a split count as training data; test records are not
     used. Progress goes to stderr: a bar per epoch in a terminal, one line per epoch
-    otherwise. Ctrl-C stops cleanly (exit 130): the best model so far and the last
-    checkpoint stay in the run folder.
+    otherwise. Ctrl-C stops cleanly (exit 130; SIGTERM likewise, exit 143): the best
+    model so far and the last epoch's checkpoint are written to the run folder. While
+    training, they are written after the first epoch and then at most every
+    --save-interval seconds.
     """
     from imgcls.commands._ranks import is_main_rank, refuse_stdin_manifest, rank_guard
 
@@ -145,6 +156,10 @@ def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_siz
             continue_run("train", resume, manifest, output, loop)
             return
 
+        if feature_views and not freeze:
+            raise UsageProblem("--feature-views needs --freeze: a backbone that trains changes its features every step")
+        if feature_views and not loop["feature_cache"]:
+            raise UsageProblem("--feature-views computes features once; it cannot be combined with --no-feature-cache")
         refuse_stdin_manifest(manifest, "train")
         check_no_terminal_stdin(manifest)
         options = {k: v for k, v in {"width": width, "depth": depth, "hidden": hidden, "block_dropout": block_dropout}.items()
@@ -167,7 +182,7 @@ def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_siz
             arch=arch, image_size=image_size or 0, channels=int(channels) if channels else 0,
             mean=parse_floats_option(mean, "--mean") or [], std=parse_floats_option(std, "--std") or [],
             pretrained=pretrained, weights=weights, arch_options=options, dropout=dropout,
-            trainable_blocks=0 if freeze else None, lr=lr, backbone_lr=backbone_lr,
+            trainable_blocks=0 if freeze else None, feature_views=feature_views, lr=lr, backbone_lr=backbone_lr,
             **loop,  # type: ignore[arg-type]
         )
         result = train_run(header, records, reader.root, cfg, out=Path(out) if out else None, name=reader.name)

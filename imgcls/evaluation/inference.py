@@ -7,6 +7,10 @@ and threads start in microseconds where DataLoader worker processes would cost a
 fork and a pickled dataset per run. Normalisation runs on the model's device on the
 compact uint8 batch. An image that cannot be decoded becomes an error entry for its
 index; the rest of its batch is still predicted.
+
+``predict_batches(..., cache_dir=...)`` reads and fills the decoded-image cache
+(:mod:`imgcls.cache`) with the key train and eval use, while keeping that streaming
+and per-file error behaviour.
 """
 
 from __future__ import annotations
@@ -171,6 +175,7 @@ def predict_batches(
     workers: int | None = None,
     tta: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    cache_dir: Path | None = None,
 ) -> Iterator[Batch]:
     """Class probabilities for image files, batch by batch, in input order.
 
@@ -178,6 +183,14 @@ def predict_batches(
     it); ``info`` is its :class:`~imgcls.models.io.ModelInfo` (size, channels,
     mean/std). ``tta`` averages the softmax of the image and its horizontal mirror.
     ``on_batch(n)`` is called after each batch with the number of images handled.
+
+    With ``cache_dir`` the decoded images come from the decoded-image cache shared with
+    train and eval when the same files (unchanged) were decoded before at this size and
+    channels; otherwise they are decoded as without a cache (streamed, unreadable files
+    become errors) and, when EVERY file decoded, stored as a new entry. A set with an
+    unreadable file is not stored: an entry always holds the whole set (train and eval
+    rely on that), and a cached "unreadable" would outlive a cause that was not the
+    file's content (permissions, I/O errors).
     """
     import torch
 
@@ -185,12 +198,65 @@ def predict_batches(
         raise UsageProblem("--batch-size must be at least 1")
     workers = default_workers() if workers is None else workers
     n_classes = len(info.classes)
-    with torch.inference_mode():
-        for indices, array, errors in iter_decoded(paths, info.image_size, info.channels, batch_size, workers):
-            probs = np.zeros((0, n_classes)) if array is None else _probabilities(model, info, array, device, tta)
-            if on_batch is not None:
-                on_batch(len(indices) + len(errors))
-            yield Batch(indices, probs, errors)
+    writer = None
+    if cache_dir is not None and paths:
+        from imgcls.cache import EntryWriter, decoded_key, load_entry
+        from imgcls.console import detail
+
+        key = decoded_key(paths, info.image_size, info.channels)
+        folder = cache_dir / "decoded"
+        hit = load_entry(folder, key)
+        if hit is not None:
+            detail(f"decoded cache hit: {folder / key}.npy ({len(paths)} images, nothing to decode)")
+            yield from predict_array(model, info, hit, batch_size=batch_size, device=device, tta=tta,
+                                     on_batch=on_batch)
+            return
+        try:
+            writer = EntryWriter(cache_dir, "decoded", key, (len(paths), info.image_size, info.image_size,
+                                                               info.channels))
+        except OSError as exc:  # a read-only or full cache must not stop the work
+            detail(f"cannot write cache entry in {folder}: {exc}")
+    try:
+        with torch.inference_mode():
+            for indices, array, errors in iter_decoded(paths, info.image_size, info.channels, batch_size, workers):
+                if writer is not None:
+                    writer = _append_or_drop(writer, array if not errors else None)
+                probs = np.zeros((0, n_classes)) if array is None else _probabilities(model, info, array, device, tta)
+                if on_batch is not None:
+                    on_batch(len(indices) + len(errors))
+                yield Batch(indices, probs, errors)
+        if writer is not None:
+            _publish(writer)
+    finally:
+        if writer is not None:
+            writer.discard()
+
+
+def _append_or_drop(writer, array: np.ndarray | None):
+    """Add a fully decoded batch to the entry being written; None (an unreadable file, a full disk): drop it."""
+    from imgcls.console import detail
+
+    if array is None:
+        detail("decoded images not cached: some files could not be read")
+        writer.discard()
+        return None
+    try:
+        writer.append(array)
+        return writer
+    except OSError as exc:
+        detail(f"cannot write cache entry in {writer.folder}: {exc}")
+        writer.discard()
+        return None
+
+
+def _publish(writer) -> None:
+    from imgcls.console import detail
+
+    try:
+        writer.commit()
+        detail(f"decoded images cached: {writer.folder / writer.key}.npy")
+    except OSError as exc:
+        detail(f"cannot write cache entry in {writer.folder}: {exc}")
 
 
 def predict_array(

@@ -15,6 +15,11 @@ from typing import Any, TextIO
 from imgcls.errors import ModelError
 
 MODEL_ENV = "IMGCLS_MODEL"
+# predict reads and fills the decoded-image cache from this many images on. Below it,
+# decoding is about as fast as the cache lookup plus writing a new entry (measured:
+# docs/notes-predict-cache.md), and one-off sets of a few files would only fill the
+# cache with entries nobody reads again.
+CACHE_MIN_IMAGES = 64
 LATEST = Path("runs") / "latest"
 MANIFEST_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
@@ -40,6 +45,15 @@ def resolve_model(option: str | None, environ: Mapping[str, str] | None = None,
         what = "a folder without model.safetensors" if given.is_dir() else "no such model file"
         raise ModelError(f"{given} (from {source}): {what}")
     return path, source
+
+
+def cache_for(n_images: int, cache_dir: str | os.PathLike | None, enabled: bool = True) -> Path | None:
+    """The decoded-image cache folder predict uses for ``n_images``, or None (too few, or --no-cache)."""
+    if not enabled or n_images < CACHE_MIN_IMAGES:
+        return None
+    from imgcls.cache import resolve_cache_dir
+
+    return resolve_cache_dir(cache_dir)
 
 
 def _looks_like_manifest(path: Path) -> bool:

@@ -72,19 +72,19 @@ class PolicyAugment:
             raise ValueError(f"unknown policy {policy!r}")
         self.transform = v2.TrivialAugmentWide()
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
+        """``seeds``: one per image, drawn from its own seed (fixed augmented views); else the global RNG."""
         out = torch.empty_like(batch)
         for i in range(batch.shape[0]):
+            if seeds is not None:
+                torch.manual_seed(seeds[i])
             chw = batch[i].permute(2, 0, 1)
             out[i] = self.transform(chw).permute(1, 2, 0)
         return out
 
 
-def random_affine(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Apply a per-image random affine transform to a float NCHW batch (any device)."""
-    if not spec.geometric:
-        return x
-    n = x.shape[0]
+def affine_theta(n: int, spec: AugmentSpec, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One random affine matrix (n, 2, 3) per image, mapping output to input coordinates (CPU, float32)."""
 
     def uniform(scale: float) -> torch.Tensor:
         return (torch.rand(n, generator=generator) * 2 - 1) * scale
@@ -98,10 +98,22 @@ def random_affine(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator
         flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     # theta maps output coordinates to input coordinates; flipping negates the x input coordinate.
-    theta = torch.stack([
+    return torch.stack([
         torch.stack([cos * flip, -sin * flip, tx], 1),
         torch.stack([sin, cos, ty], 1),
-    ], 1).to(device=x.device, dtype=torch.float32)
+    ], 1).to(torch.float32)
+
+
+def apply_affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Warp a float NCHW batch by per-image matrices (bilinear; edge pixels fill what comes in from outside)."""
+    theta = theta.to(device=x.device, dtype=torch.float32)
     grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
     out = torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out.to(x.dtype)
+
+
+def random_affine(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Apply a per-image random affine transform to a float NCHW batch (any device)."""
+    if not spec.geometric:
+        return x
+    return apply_affine(x, affine_theta(x.shape[0], spec, generator))

@@ -73,16 +73,22 @@ class Checkpoint:
         return optimizer_from_flat(self.tensors, self.meta["optimizer"])
 
 
-def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, scaler: Any, generator: torch.Generator, state: dict[str, Any]) -> Path:
-    """Write the checkpoint atomically (a crash mid-write leaves the previous one)."""
-    from safetensors.torch import save_file
+def checkpoint_payload(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                       generator: torch.Generator, state: dict[str, Any],
+                       copy: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The checkpoint's tensors and metadata as they are now.
 
-    from imgcls.fsutil import atomic_path
+    ``copy``: tensors are cloned and the metadata serialised, so the payload stays the state
+    of this moment while training goes on (a checkpoint written later, see ``--save-interval``).
+    """
 
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    def own(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().contiguous().cpu()
+        return t.clone() if copy else t
+
+    tensors = {f"model.{k}": own(v) for k, v in model.state_dict().items()}
     opt_tensors, opt_meta = optimizer_to_flat(optimizer)
-    tensors.update(opt_tensors)
+    tensors.update({k: own(v) for k, v in opt_tensors.items()})
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.data"] = generator.get_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -93,11 +99,27 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimize
         "scaler": _jsonable(scaler.state_dict()) if scaler is not None and scaler.is_enabled() else None,
         **state,
     }
+    return tensors, {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "state": json.dumps(meta)}
+
+
+def write_checkpoint(path: str | os.PathLike, payload: tuple[dict[str, torch.Tensor], dict[str, str]]) -> Path:
+    """Write a payload atomically (a crash mid-write leaves the previous checkpoint)."""
+    from safetensors.torch import save_file
+
+    from imgcls.fsutil import atomic_path
+
+    tensors, metadata = payload
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION),
-                                                "state": json.dumps(meta)})
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
+
+
+def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, scaler: Any, generator: torch.Generator, state: dict[str, Any]) -> Path:
+    """Write the checkpoint of this moment atomically."""
+    return write_checkpoint(path, checkpoint_payload(model=model, optimizer=optimizer, scheduler=scheduler,
+                                                     scaler=scaler, generator=generator, state=state))
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

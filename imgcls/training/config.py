@@ -45,13 +45,16 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
-    workers: int = 0
+    workers: int | str = "auto"  # DataLoader worker processes, or "auto": from the machine (runtime setting)
     threads: int = 0  # torch intra-op threads; 0: torch's default
+    compile: bool = False  # torch.compile the model's steps (runtime setting)
     cache: bool = True  # decoded-image cache on disk (runtime setting)
     cache_dir: str | None = None  # None: $IMGCLS_CACHE or the platform cache folder
     feature_cache: bool = True  # frozen backbone + no augmentation: compute features once
+    feature_views: int = 0  # frozen backbone + augmentation: K augmented views computed once (0: backbone every step)
     val_fraction: float = 0.15
     checkpoint: bool = True
+    save_interval: float = 60.0  # seconds between checkpoint / best-model writes (0: every epoch; runtime setting)
     parent: str | None = None  # fine-tuning: the model it started from
 
     def to_dict(self) -> dict[str, Any]:

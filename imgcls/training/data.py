@@ -6,8 +6,15 @@ the device as uint8 (a quarter of the bytes of float) and are normalised there w
 :func:`imgcls.models.preprocess.normalize`, the same definition eval and predict use.
 
 Data sets too large for memory (see ``PRELOAD_LIMIT_BYTES``) are decoded per batch by
-DataLoader workers instead. A decoded-image cache (memory-mapped uint8 file) can stand in
-for the in-memory tensor: anything that indexes like a uint8 NHWC tensor works.
+DataLoader workers instead, as are batches that need the (per-image, CPU) TrivialAugment
+policy. Their settings come from the machine (:func:`choose_loader_settings`): worker
+processes from the CPUs this process may use, pinned memory on CUDA, workers kept alive
+from one epoch to the next. Which worker handles an image never changes the result: the
+policy's random draws come from (a per-epoch seed, the image's index), not from the
+worker, so 0, 1 or 8 workers train the same weights.
+
+A decoded-image cache (memory-mapped uint8 file) can stand in for the in-memory tensor:
+anything that indexes like a uint8 NHWC tensor works.
 """
 
 from __future__ import annotations
@@ -189,8 +196,87 @@ def preload_images(paths: Sequence[Path], image_size: int, channels: int, worker
     return torch.from_numpy(np.array(array))  # a writable copy in memory, also of a memory-mapped cache entry
 
 
+WORKERS_AUTO = "auto"
+CPU_WORKER_CAP = 4  # the model computes on the same cores: leave it at least half of them
+ACCELERATOR_WORKER_CAP = 8  # the GPU computes: the CPUs decode; more than 8 rarely helps one GPU
+PREFETCH_BATCHES = 2  # per worker: whole batches, so 2 keep the device fed without hoarding memory
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """DataLoader settings for a pass that decodes (or augments) images on the CPU."""
+
+    workers: int
+    pin_memory: bool
+    persistent_workers: bool
+    prefetch_factor: int | None  # None when workers == 0 (the DataLoader refuses one then)
+    chosen: str  # how ``workers`` was decided, for -v
+
+    def describe(self) -> str:
+        if self.workers == 0:
+            head = f"batches made in the main process ({self.chosen})"
+        else:
+            head = (f"{self.workers} worker process{'es' if self.workers > 1 else ''} ({self.chosen}), "
+                    f"{'kept between epochs' if self.persistent_workers else 'started per pass'}, "
+                    f"{self.prefetch_factor} batches prefetched per worker")
+        return f"{head}, pinned memory {'on' if self.pin_memory else 'off'}"
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def local_processes() -> int:
+    """Training processes sharing this machine's CPUs (torchrun's LOCAL_WORLD_SIZE, else 1)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def choose_loader_settings(requested: int | str | None, cpus: int, device_type: str, *, processes: int = 1,
+                           passes: int | None = None, batches: int | None = None) -> LoaderSettings:
+    """DataLoader settings from the machine: a pure function of its arguments.
+
+    ``requested``: a number of workers (kept as given: 0 = decode in the main process),
+    or "auto"/None: with ``cpus`` shared by ``processes`` (DDP ranks on this machine),
+    CUDA/MPS get ``min(8, cpus - 1)`` workers (the GPU computes, one core stays with the
+    training process), the CPU gets ``min(4, cpus // 2)`` (the model computes on the same
+    cores). Never more workers than ``batches`` per pass. Pinned memory on CUDA (faster,
+    asynchronous copies); workers kept alive between passes unless there is only one
+    (``passes`` == 1), so they are not forked again every epoch.
+    """
+    if requested is None or requested == WORKERS_AUTO:
+        share = max(1, cpus // max(1, processes))
+        if device_type in ("cuda", "mps"):
+            workers = min(ACCELERATOR_WORKER_CAP, share - 1)
+        else:
+            workers = min(CPU_WORKER_CAP, share // 2)
+        per = f" for {processes} processes" if processes > 1 else ""
+        chosen = f"auto: {cpus} CPUs{per}, {device_type} device"
+    else:
+        workers = int(requested)
+        if workers < 0:
+            raise ValueError(f"workers must be 0 or more, or {WORKERS_AUTO!r}")
+        chosen = "as requested"
+    if batches is not None and workers > batches:
+        workers = max(0, batches)
+        chosen += f", at most one per batch ({batches})"
+    return LoaderSettings(workers=workers, pin_memory=device_type == "cuda",
+                          persistent_workers=workers > 0 and passes != 1,
+                          prefetch_factor=PREFETCH_BATCHES if workers > 0 else None, chosen=chosen)
+
+
 class _ItemDataset(torch.utils.data.Dataset):
-    """One uint8 HWC image and its label per index (for DataLoader workers)."""
+    """One uint8 HWC image and its label per index (for DataLoader workers).
+
+    An index may come with a seed, ``(i, seed)``: the policy then draws from that seed,
+    whatever process runs it (the global RNG of the main process is left as it was).
+    """
 
     def __init__(self, data: ImageSet, policy: str | None):
         self.data = data
@@ -199,11 +285,34 @@ class _ItemDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = key if isinstance(key, tuple) else (key, None)
         img = self.data.item(i)
         if self.policy is not None:
-            img = self.policy(img[None])[0]
+            if seed is None:
+                img = self.policy(img[None])[0]
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    img = self.policy(img[None])[0]
         return img, self.data.labels[i]
+
+
+class _PassBatches:
+    """The batch sampler of a reused DataLoader: the batches of the current pass, set before each."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _image_seed(epoch_seed: int, index: int) -> int:
+    return (epoch_seed * 1_000_003 + index) % (2**63 - 1)
 
 
 class Feeder:
@@ -214,16 +323,30 @@ class Feeder:
     """
 
     def __init__(self, data: ImageSet, batch_size: int, device: torch.device, mean: Sequence[float],
-                 std: Sequence[float], augment: AugmentSpec | None = None, workers: int = 0,
-                 channels_last: bool = False):
+                 std: Sequence[float], augment: AugmentSpec | None = None, workers: int | str | None = 0,
+                 channels_last: bool = False, passes: int | None = None):
         self.data = data
         self.batch_size = batch_size
         self.device = device
         self.mean = list(mean)
         self.std = list(std)
         self.augment = augment if augment is not None and augment.active else None
-        self.workers = workers
         self.channels_last = channels_last
+        self.loader_settings: LoaderSettings | None = None
+        self._loader: Any = None
+        self._pass_batches = _PassBatches()
+        if self.uses_loader:
+            # ``workers``: a number, or "auto"; ``passes``: how often batches() will be called, when known
+            self.loader_settings = choose_loader_settings(
+                workers, available_cpus(), torch.device(device).type, processes=local_processes(), passes=passes,
+                batches=self.num_batches())
+            detail(f"DataLoader for {len(data)} images: {self.loader_settings.describe()}")
+        self.workers = self.loader_settings.workers if self.loader_settings is not None else 0
+
+    @property
+    def uses_loader(self) -> bool:
+        """Decoded lazily, or augmented by the per-image policy: batches come from a DataLoader."""
+        return not self.data.preloaded or (self.augment is not None and self.augment.policy is not None)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -247,16 +370,35 @@ class Feeder:
             for idx in chunks:
                 yield self.data.images[idx], self.data.labels[idx]
             return
-        loader = torch.utils.data.DataLoader(
-            _ItemDataset(self.data, policy), batch_sampler=[c.tolist() for c in chunks], num_workers=self.workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
-        )
+        if policy is not None:
+            # one draw per pass from the global RNG (restored by --resume, distinct per DDP rank),
+            # then each image's policy draws from (that seed, its index): the same in any worker
+            epoch_seed = int(torch.randint(0, 2**62, (1,)).item())
+            self._pass_batches.batches = [[(i, _image_seed(epoch_seed, i)) for i in c.tolist()] for c in chunks]
+        else:
+            self._pass_batches.batches = [c.tolist() for c in chunks]
         try:
-            yield from loader
+            yield from self._dataloader(policy)
         except DataError as exc:
             # A worker's error arrives with its traceback in the message: keep the one line that matters.
             last = str(exc).strip().splitlines()[-1]
             raise DataError(last.split(": ", 1)[1] if last.startswith("imgcls.errors.") else last) from None
+
+    def _dataloader(self, policy: str | None) -> Any:
+        """One DataLoader for the Feeder's life, so persistent workers survive from pass to pass."""
+        if self._loader is None:
+            settings = self.loader_settings or choose_loader_settings(0, 1, self.device.type)
+            extra: dict[str, Any] = {}
+            if settings.workers > 0:
+                extra = {"persistent_workers": settings.persistent_workers, "prefetch_factor": settings.prefetch_factor}
+            self._loader = torch.utils.data.DataLoader(
+                _ItemDataset(self.data, policy), batch_sampler=self._pass_batches, num_workers=settings.workers,
+                pin_memory=settings.pin_memory,
+                # its own generator: the workers' base seed is not drawn from the global RNG, so a
+                # lazily decoded data set trains exactly as a preloaded one
+                generator=torch.Generator().manual_seed(0), **extra,
+            )
+        return self._loader
 
     def batches(self, order: torch.Tensor | None = None, train: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Normalised (and, when ``train``, augmented) batches in ``order`` (default: file order)."""

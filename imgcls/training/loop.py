@@ -122,6 +122,31 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     return None
 
 
+def compiled_forward(module: nn.Module) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """``forward(model, x)`` through torch.compile; a failed compilation becomes one clear error.
+
+    Compilation happens at the first call (and again once for eval mode), so errors surface
+    there, not here. The bare module is kept for state dicts, snapshots and checkpoints.
+    """
+    import logging
+
+    # torch's C++-extension helper warns about a missing CUDA runtime on every CPU compile: noise here.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    compiled = torch.compile(module)
+
+    def forward(_model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return compiled(x)
+        except (KeyboardInterrupt, ImgclsError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - dynamo/inductor raise many types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ImgclsError(f"--compile: torch.compile failed ({type(exc).__name__}: {first}); "
+                              f"run without --compile") from exc
+
+    return forward
+
+
 def count_batches(n: int, batch_size: int, drop_single: bool = True) -> int:
     """Batches of ``n`` images, a last batch of one dropped when there are others (as the feeders do)."""
     full, rest = divmod(n, batch_size)
@@ -173,6 +198,8 @@ class Trainer:
         self.val_feed = val_feed
         self.device = device
         self.forward = forward or (lambda m, x: m(x))
+        if cfg.compile and forward is None:
+            self.forward = compiled_forward(model)
         self.train_forward = train_forward or self.forward
         self.dist = distributed.info()
         self.precision = Precision(device, cfg.amp)

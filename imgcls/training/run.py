@@ -42,6 +42,7 @@ class RunResult:
     fit: FitResult
     config: TrainConfig
     classes: list[str]
+    signal: int | None = None  # the signal that stopped the run (SIGTERM), if one did
 
     @property
     def interrupted(self) -> bool:
@@ -165,70 +166,236 @@ class Session:
         self.is_main = self.dist.is_main
         self.run: RunDir | None = None
         self.ddp: Any = None
+        self.stop_signal: int | None = None  # SIGTERM stopped the run
+        self._last_write: float | None = None  # time.monotonic() of the last best-model/checkpoint write
+        self._pending_model: dict[str, Any] | None = None  # extra metadata of a better epoch not yet written
+        self._pending_checkpoint: Any = None  # payload of an epoch's checkpoint not yet written
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if self.device.type == "cpu":
+            from imgcls.memory import keep_freed_memory
+
+            keep_freed_memory()  # no page faults per batch (see imgcls.memory)
         if self.device.type == "cuda":
             # Fixed input sizes: let cuDNN pick the fastest convolution algorithms once.
             torch.backends.cudnn.benchmark = True
 
     def prepare(self) -> Trainer:
         """Decode images, build feeders (or cached features) and the trainer. No files are written yet."""
+        from imgcls.cache import resolve_cache_dir
         from imgcls.training.augment import preset
+        from imgcls.training.loop import Precision
         from imgcls.training.progress import EpochReporter
 
         cfg, device, model = self.cfg, self.device, self.model
         index = {c: i for i, c in enumerate(self.classes)}
-        t0 = time.perf_counter()
-        from imgcls.cache import resolve_cache_dir
-
         cache_dir = resolve_cache_dir(cfg.cache_dir, enabled=cfg.cache)
-        with distributed.local_main_first():  # under DDP: one rank per node fills the decoded-image cache
-            train_set = ImageSet.from_records(self.splits.train, self.root, index, cfg.image_size, cfg.channels,
-                                              cache_dir=cache_dir)
-            val_set = ImageSet.from_records(self.splits.val, self.root, index, cfg.image_size, cfg.channels,
-                                            cache_dir=cache_dir)
-        info(f"{cfg.arch}: {len(train_set)} training and {len(val_set)} validation images, "
-             f"{cfg.image_size}x{cfg.image_size}x{cfg.channels}, decoded in {time.perf_counter() - t0:.1f}s; "
-             f"device {device.type}" + (f"; {self.dist.world_size} processes (DDP, {self.dist.backend})"
-                                        if self.dist.enabled else ""))
+        augment = preset(cfg.augment, cfg.flip)
         channels_last = cfg.channels_last and device.type == "cuda"
+        views = self._feature_views(augment)
+        store = None
+        if views is not None:  # the digest reads the weights where they are now (before a copy to the GPU)
+            from imgcls.training.features import FeatureStore
+
+            store = FeatureStore(model, cfg, device, Precision(device, cfg.amp).label, cache_dir, channels_last)
         model.to(device)
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        augment = preset(cfg.augment, cfg.flip)
-        train_feed: Any = Feeder(train_set, cfg.batch_size, device, cfg.mean, cfg.std, augment, cfg.workers, channels_last)
-        val_feed: Any = Feeder(val_set, max(cfg.batch_size, 256), device, cfg.mean, cfg.std, None, cfg.workers, channels_last)
         forward = None
-        feature_path = cfg.frozen and not augment.active and cfg.feature_cache
-        if feature_path:
-            # Frozen backbone, no augmentation: its output never changes, so compute it once
+        if views is None:
+            train_set, val_set = self._load_sets(index, cache_dir)
+            train_feed: Any = Feeder(train_set, cfg.batch_size, device, cfg.mean, cfg.std, augment, cfg.workers,
+                                     channels_last)
+            val_feed: Any = Feeder(val_set, max(cfg.batch_size, 256), device, cfg.mean, cfg.std, None, cfg.workers,
+                                   channels_last)
+        else:
+            # Frozen backbone: its output never changes, so compute it once per image (and view)
             # and train the head on the features (the model file still holds backbone + head).
-            t0 = time.perf_counter()
-            from imgcls.training.loop import Precision
-
-            amp = Precision(device, cfg.amp)
-            train_feed = FeatureFeeder(_features(model, train_feed, amp.autocast), train_set.labels, cfg.batch_size)
-            val_feed = FeatureFeeder(_features(model, val_feed, amp.autocast), val_set.labels, max(cfg.batch_size, 256))
-            info(f"frozen backbone: features of {len(train_set) + len(val_set)} images computed once "
-                 f"in {time.perf_counter() - t0:.1f}s; the epochs train the head on them")
+            assert store is not None
+            train_feed, val_feed = self._feature_feeds(store, views, augment, index, cache_dir, channels_last)
 
             def forward(m: Any, x: torch.Tensor) -> torch.Tensor:
                 return m.head(x)
 
-        weights = class_weights_for(train_set.labels, len(self.classes)) if cfg.class_weights == "auto" else None
+        train_labels = self._labels(self.splits.train, index)
+        weights = class_weights_for(train_labels, len(self.classes)) if cfg.class_weights == "auto" else None
         last_epoch = self.epoch_offset + cfg.epochs
         self.trainer = Trainer(model, cfg, train_feed, val_feed, device, forward=forward, class_weights=weights,
                                epoch_offset=self.epoch_offset, history=self.history,
                                reporter=EpochReporter(last_epoch), baseline=self.baseline,
                                baseline_epoch=self.baseline_epoch)
+        if hasattr(train_feed, "epochs_done"):  # augmented views: the epoch picks the view
+            train_feed.epochs_done = lambda: self.trainer.state.epoch
         if self.dist.enabled:
             # DDP wraps what the training step runs: the whole model, or the head alone on cached features.
             # The trainer keeps the bare model: saved files are the same as a single process's.
-            ddp = self.ddp = distributed.wrap(model.head if feature_path else model, device)
+            ddp = self.ddp = distributed.wrap(model.head if views is not None else model, device)
             self.trainer.train_forward = lambda m, x: ddp(x)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         detail(f"{trainable:,} of {model.count_parameters():,} parameters train; precision {self.trainer.precision.label}")
         return self.trainer
+
+    def _feature_views(self, augment: Any) -> list[int | None] | None:
+        """What the backbone runs on once: [None] (the plain images), views 0..K-1, or None (every step)."""
+        cfg = self.cfg
+        if not (cfg.frozen and cfg.feature_cache):
+            return None
+        if not augment.active:
+            if cfg.feature_views:
+                detail(f"--feature-views {cfg.feature_views}: no augmentation, so the one plain view is used")
+            return [None]
+        if cfg.feature_views:
+            return list(range(cfg.feature_views))
+        if self.is_main:
+            info(f"frozen backbone with --augment {cfg.augment}: the backbone runs on every augmented batch "
+                 f"(exact on-the-fly augmentation); --feature-views K would compute K augmented views once "
+                 f"(K backbone passes in all, cached) and train the head on them")
+        return None
+
+    @staticmethod
+    def _labels(records: Sequence[Record], index: dict[str, int]) -> torch.Tensor:
+        return torch.tensor([index[r["label"]] for r in records], dtype=torch.long)
+
+    def _load_sets(self, index: dict[str, int], cache_dir: Path | None) -> tuple[ImageSet, ImageSet]:
+        """Decode the train and val images (through the decoded-image cache) and say so."""
+        cfg, splits = self.cfg, self.splits
+        t0 = time.perf_counter()
+        with distributed.local_main_first():  # under DDP: one rank per node fills the decoded-image cache
+            train_set = ImageSet.from_records(splits.train, self.root, index, cfg.image_size, cfg.channels,
+                                              cache_dir=cache_dir)
+            val_set = ImageSet.from_records(splits.val, self.root, index, cfg.image_size, cfg.channels,
+                                            cache_dir=cache_dir)
+        info(f"{cfg.arch}: {len(train_set)} training and {len(val_set)} validation images, "
+             f"{cfg.image_size}x{cfg.image_size}x{cfg.channels}, decoded in {time.perf_counter() - t0:.1f}s; "
+             f"device {self.device.type}" + (f"; {self.dist.world_size} processes (DDP, {self.dist.backend})"
+                                             if self.dist.enabled else ""))
+        return train_set, val_set
+
+    def _feature_feeds(self, store: Any, views: list[int | None], augment: Any, index: dict[str, int],
+                       cache_dir: Path | None, channels_last: bool) -> tuple[Any, Any]:
+        """Feature feeders for the frozen backbone: from the feature cache, else one backbone pass per set and view."""
+        from imgcls.manifest import resolve_path
+        from imgcls.training.features import ViewFeatureFeeder, ViewFeeder, extraction_batch_size, view_spec
+        from imgcls.training.loop import Precision
+
+        cfg, device, splits = self.cfg, self.device, self.splits
+        t0 = time.perf_counter()
+        records = {"train": splits.train, "val": splits.val}
+        paths = {name: [resolve_path(r, self.root) for r in recs] for name, recs in records.items()}
+        shas = {name: [r.get("sha256") for r in recs] for name, recs in records.items()}
+        specs = [None if v is None else view_spec(cfg.augment, augment, cfg.seed, v) for v in views]
+        wanted = [("val", None, store.key(paths["val"], shas["val"], None))]
+        wanted += [("train", view, store.key(paths["train"], shas["train"], spec)) for view, spec in zip(views, specs)]
+        found = {key: store.lookup(key) for _, _, key in wanted}
+        lookup_s = time.perf_counter() - t0
+        n_train, n_val = len(splits.train), len(splits.val)
+        missing = [(name, view, key) for name, view, key in wanted if found[key] is None]
+        info(f"{cfg.arch}: {n_train} training and {n_val} validation images, "
+             f"{cfg.image_size}x{cfg.image_size}x{cfg.channels}{'' if missing else ', not decoded (their features are cached)'}"
+             f"; device {device.type}"
+             + (f"; {self.dist.world_size} processes (DDP, {self.dist.backend})" if self.dist.enabled else ""))
+        amp = Precision(device, cfg.amp)
+        t0 = time.perf_counter()
+        sets: dict[str, ImageSet] = {}
+        streamed = 0
+        for name, view, key in missing:
+            batch = extraction_batch_size(device, cfg.image_size, cfg.batch_size if name == "train"
+                                          else max(cfg.batch_size, 256))
+            detail(f"{name} features{'' if view is None else f' (view {view + 1})'}: batches of {batch} images")
+            feats = None
+            if view is None and name not in sets:
+                feats = self._stream_features(paths[name], batch, amp, cache_dir, channels_last)
+                streamed += feats is not None
+            if feats is None:
+                if name not in sets:
+                    t1 = time.perf_counter()
+                    with distributed.local_main_first():  # under DDP: one rank per node fills the decoded cache
+                        sets[name] = ImageSet.from_records(records[name], self.root, index, cfg.image_size,
+                                                           cfg.channels, cache_dir=cache_dir)
+                    detail(f"{name} images decoded in {time.perf_counter() - t1:.1f}s")
+                feeder: Any = Feeder(sets[name], batch, device, cfg.mean, cfg.std,
+                                     augment if view is not None else None, 0, channels_last)
+                if view is not None:
+                    feeder = ViewFeeder(feeder, cfg.seed, view)
+                feats = _features(self.model, feeder, amp.autocast)
+            found[key] = feats
+            store.store(key, feats)
+        passes = sum(n_train if name == "train" else n_val for name, _, _ in missing)
+        if not missing:
+            what = f"read from the feature cache in {lookup_s:.1f}s (no backbone pass)"
+        else:
+            what = f"computed once in {time.perf_counter() - t0:.1f}s"
+            if streamed:
+                what += " (images decoded alongside by worker threads)"
+            if store.enabled:
+                what += " (cached for later runs)"
+            if len(missing) < len(wanted):
+                what += "; the rest read from the feature cache"
+        if views == [None]:
+            info(f"frozen backbone: features of {n_train + n_val} images {what}; the epochs train the head on them")
+        else:
+            info(f"frozen backbone: {len(views)} augmented views (--augment {cfg.augment}) of the {n_train} training "
+                 f"images and the plain {n_val} validation images {what}; epoch e trains the head on view "
+                 f"(e - 1) mod {len(views)}")
+        detail(f"backbone passes: {passes} images")
+        val_feed = FeatureFeeder(found[wanted[0][2]], self._labels(splits.val, index), max(cfg.batch_size, 256))
+        train_labels = self._labels(splits.train, index)
+        train_feats = [found[key] for _, _, key in wanted[1:]]
+        if views == [None]:
+            return FeatureFeeder(train_feats[0], train_labels, cfg.batch_size), val_feed
+        return ViewFeatureFeeder(train_feats, train_labels, cfg.batch_size), val_feed
+
+    def _stream_features(self, paths: list[Path], batch: int, amp: Any, cache_dir: Path | None,
+                         channels_last: bool) -> torch.Tensor | None:
+        """Plain features with decoding in worker threads beside the backbone (one pass over the files).
+
+        None when it does not apply: under DDP (the ranks split the images), with no CPU core
+        to spare, with few images, or when the decoded-image cache already holds them. The
+        decoded images go into that cache as they come (the entry is published complete, or not at all).
+        """
+        from imgcls.cache import EntryWriter, decoded_key
+        from imgcls.training import features
+        from imgcls.training.features import StreamFeeder, decoded_batches, overlap_workers
+
+        cfg, device = self.cfg, self.device
+        workers = overlap_workers(device)
+        if self.dist.enabled or workers < 1 or len(paths) < features.STREAM_MIN_IMAGES:
+            return None
+        key = decoded_key(paths, cfg.image_size, cfg.channels)
+        if cache_dir is not None and (cache_dir / "decoded" / f"{key}.npy").exists():
+            return None
+        writer = None
+        if cache_dir is not None:
+            try:
+                writer = EntryWriter(cache_dir, "decoded", key, (len(paths), cfg.image_size, cfg.image_size,
+                                                                 cfg.channels))
+            except OSError as exc:
+                detail(f"cannot write cache entry in {cache_dir / 'decoded'}: {exc}")
+
+        def keep(array: Any) -> None:
+            nonlocal writer
+            if writer is not None:
+                try:
+                    writer.append(array)
+                except OSError as exc:
+                    detail(f"cannot write cache entry in {writer.folder}: {exc}")
+                    writer.discard()
+                    writer = None
+
+        detail(f"decoding with {workers} thread{'s' if workers > 1 else ''} while the backbone runs")
+        try:
+            feeder = StreamFeeder(decoded_batches(paths, cfg.image_size, cfg.channels, batch, workers), len(paths),
+                                  device, cfg.mean, cfg.std, channels_last, on_batch=keep)
+            feats = extract_features(self.model, feeder, amp.autocast)
+            if writer is not None:
+                try:
+                    writer.commit()
+                except OSError as exc:
+                    detail(f"cannot write cache entry in {writer.folder}: {exc}")
+            return feats
+        finally:
+            if writer is not None:
+                writer.discard()
 
     def start(self, run: RunDir) -> None:
         """Attach the run folder: the trainer saves the best model, history and checkpoint into it."""
@@ -238,35 +405,94 @@ class Session:
             trainer.on_best = None
             trainer.on_epoch = list(self.callbacks)
             return
-        trainer.on_best = lambda model, state: self.save_model(extra={"best_epoch": state.best_epoch})
+        trainer.on_best = self._on_best
         trainer.on_epoch = [self._after_epoch, *self.callbacks]
 
-    def _after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        from imgcls.training.checkpoint import save_checkpoint
+    # -- writing the run folder: best model and checkpoint, at most every --save-interval seconds --
 
+    def _on_best(self, model: Any, state: Any) -> None:
+        """A better epoch: its weights are the trainer's ``best_state``; the file follows at the next write."""
+        self._pending_model = {"best_epoch": state.best_epoch}
+
+    def _after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """History every epoch; best model and checkpoint now when due, else kept in memory until they are.
+
+        Due: after the first epoch of the session, then once ``save_interval`` seconds have
+        passed since the last write (0: every epoch). The end of the run, early stopping,
+        Ctrl-C, SIGTERM and errors write whatever is pending (:meth:`_flush`).
+        """
         assert self.run is not None
         self.run.write_history(trainer.state.history)
-        if self.cfg.checkpoint:
-            state = trainer.checkpoint_state()
-            state.update(classes=self.classes, manifest_hash=self.mhash)
-            save_checkpoint(self.run.checkpoint_path, model=trainer.model, optimizer=trainer.optimizer,
-                            scheduler=trainer.scheduler, scaler=trainer.precision.scaler, generator=trainer.generator,
-                            state=state)
+        interval = self.cfg.save_interval
+        now = time.monotonic()
+        if self._last_write is None or interval <= 0 or now - self._last_write >= interval:
+            self._pending_checkpoint = self._checkpoint_payload(copy=False) if self.cfg.checkpoint else None
+            self._flush()
+            self._last_write = time.monotonic()
+        elif self.cfg.checkpoint:
+            self._pending_checkpoint = self._checkpoint_payload(copy=True)
 
-    def save_model(self, extra: dict[str, Any] | None = None) -> Path:
+    def _checkpoint_payload(self, copy: bool) -> Any:
+        from imgcls.training.checkpoint import checkpoint_payload
+
+        trainer = self.trainer
+        state = trainer.checkpoint_state()
+        state.update(classes=self.classes, manifest_hash=self.mhash)
+        return checkpoint_payload(model=trainer.model, optimizer=trainer.optimizer, scheduler=trainer.scheduler,
+                                  scaler=trainer.precision.scaler, generator=trainer.generator, state=state, copy=copy)
+
+    def _flush(self, model: bool = True) -> None:
+        """Write the pending best model (unless ``model`` is False: a final one follows), then the checkpoint."""
+        from imgcls.training.checkpoint import write_checkpoint
+
+        assert self.run is not None
+        if self._pending_model is not None and model and self.trainer.best_state is not None:
+            self.save_model(extra=self._pending_model, state=self.trainer.best_state)
+        self._pending_model = None
+        if self._pending_checkpoint is not None:
+            write_checkpoint(self.run.checkpoint_path, self._pending_checkpoint)
+            self._pending_checkpoint = None
+
+    def save_model(self, extra: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write model.safetensors from the model, or from ``state`` (a snapshot of its state dict)."""
         from imgcls.models.io import save_model
 
         assert self.run is not None
-        return save_model(self.run.model_path, self.model, model_info(self.cfg, self.classes, self.mhash, extra))
+        source = self.model if state is None else _Snapshot(state, self.model)
+        return save_model(self.run.model_path, source, model_info(self.cfg, self.classes, self.mhash, extra))
+
+    def _fit(self) -> FitResult:
+        """The trainer's fit; SIGTERM (a scheduler, ``timeout``) stops it like Ctrl-C in a single process."""
+        import signal
+        import threading
+
+        handled = (not self.dist.enabled and threading.current_thread() is threading.main_thread()
+                   and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+        if not handled:
+            return self.trainer.fit()
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            self.stop_signal = signum
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            return self.trainer.fit()
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def finish(self) -> RunResult:
         """Fit, then restore the best weights and write the final files. Cleans up a run that never got a model."""
         assert self.run is not None
         trainer, run = self.trainer, self.run
         try:
-            result = trainer.fit()
+            result = self._fit()
         except BaseException:
             if self.is_main:
+                try:  # what was reached before the error stays usable, as if written every epoch
+                    self._flush()
+                except Exception as exc:  # noqa: BLE001 - the original error matters more
+                    detail(f"could not write the pending model/checkpoint: {exc}")
                 run.remove_if_unused()
             raise
         if distributed.debug_shards_enabled():
@@ -276,8 +502,9 @@ class Session:
             if trainer.best_state is not None and not result.interrupted:
                 trainer.restore_best()
             return RunResult(run.path, run.model_path if trainer.best_state is not None else None, result,
-                             self.cfg, self.classes)
-        if trainer.best_state is not None and not result.interrupted:
+                             self.cfg, self.classes, self.stop_signal)
+        final = trainer.best_state is not None and not result.interrupted
+        if final:
             trainer.restore_best()
             extra = {"best_epoch": result.best_epoch, "epochs_run": self.epoch_offset + result.epochs_run,
                      "stopped_early": result.stopped_early,
@@ -286,6 +513,8 @@ class Session:
             if best:
                 extra["val_acc"] = best[-1]["val_acc"]
             self.save_model(extra=extra)
+        # The model before the checkpoint: a checkpoint saying "done" never sits beside an older model.
+        self._flush(model=not final)
         if result.history:
             run.write_history(result.history)
             try:
@@ -294,9 +523,20 @@ class Session:
                 detail(f"no learning-curve plot: {exc}")
         if not run.model_path.exists():
             run.remove_if_unused()
-            return RunResult(run.path, None, result, self.cfg, self.classes)
+            return RunResult(run.path, None, result, self.cfg, self.classes, self.stop_signal)
         run.update_latest()
-        return RunResult(run.path, run.model_path, result, self.cfg, self.classes)
+        return RunResult(run.path, run.model_path, result, self.cfg, self.classes, self.stop_signal)
+
+
+class _Snapshot:
+    """A model's state-dict snapshot where save_model expects the model (a best model written later)."""
+
+    def __init__(self, state: dict[str, torch.Tensor], model: Any):
+        self._state = state
+        self.trainable_blocks = getattr(model, "trainable_blocks", None)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._state
 
 
 def _write_manifest_copy(run: RunDir, header: Header, records: Sequence[Record], root: Path) -> None:
@@ -424,6 +664,8 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
                       pretrained=False, **cfg.arch_options)
     if cfg.trainable_blocks is not None:
         model.set_trainable_blocks(cfg.trainable_blocks)
+    # The checkpoint's weights before prepare(): frozen-backbone features are computed from them.
+    model.load_state_dict(ckpt.model_state())
     offset = int(meta.get("epoch_offset", 0))
     session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, callbacks=callbacks)
     trainer = session.prepare()
