@@ -124,7 +124,7 @@ def cli() -> None:
       imgcls prepare flowers/ | imgcls train --arch densenet121 --freeze | imgcls eval
 
     Data goes to stdout, messages and progress to stderr. Exit status: 0 success,
-    1 bad data or files, 2 bad usage, 130 interrupted.
+    1 bad data or files, 2 bad usage, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
     """
 
 
