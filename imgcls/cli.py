@@ -133,35 +133,4 @@ def main(args: list[str] | None = None, prog_name: str = "imgcls") -> None:
     if hasattr(signal, "SIGPIPE"):
         # `imgcls prepare d/ | head` should end quietly, as Unix tools do.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    try:
-        cli.main(args=args, prog_name=prog_name)
-        code: int | str | None = 0
-    except SystemExit as exc:
-        code = exc.code
-    _exit(code)
-
-
-def _exit(code: int | str | None) -> None:
-    """End the process; skip the interpreter's teardown once torch is loaded.
-
-    Tearing down torch and torchvision's thousands of modules and objects takes about a
-    second on a small machine (measured 1.0-1.1 s on the 2-core CI machine), after every
-    file has been written and closed. So once torch is imported and the command is done,
-    stdout and stderr are flushed and the process ends with os._exit. Set
-    IMGCLS_FAST_EXIT=0 for a normal interpreter exit (e.g. for coverage tools).
-    """
-    if "torch" not in sys.modules or os.environ.get("IMGCLS_FAST_EXIT", "1") == "0":
-        sys.exit(code)
-    if code is None:
-        status = 0
-    elif isinstance(code, int):
-        status = code
-    else:  # sys.exit("message") semantics
-        print(code, file=sys.stderr)
-        status = 1
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # closed or broken pipe: nothing more can be said
-            status = status or 1
-    os._exit(status)
+    cli.main(args=args, prog_name=prog_name)
