@@ -1,7 +1,7 @@
 """On-disk caches: decoded images and frozen-backbone features.
 
 Small data sets are decoded and resized once, not once per epoch. A cache entry is
-one uint8 (or float16 for features) NumPy array for an ordered set of images,
+one uint8 (float32 for features) NumPy array for an ordered set of images,
 memory-mapped on load, plus a JSON sidecar with its shape and a CRC of its bytes:
 
     <cache>/decoded/<key>.npy  <key>.json
