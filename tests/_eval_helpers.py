@@ -132,3 +132,69 @@ def schema_errors(value, schema: dict, root: dict | None = None, where: str = "$
         for i, item in enumerate(value):
             errors += schema_errors(item, schema["items"], root, f"{where}[{i}]")
     return errors
+
+
+# --- reading the HTML report back (html.parser, as a browser would tokenise it) ---------------------------
+class PageParser:
+    """Every start tag with its attributes, the text inside each table cell, and the tables by id."""
+
+    def __init__(self, text: str):
+        from html.parser import HTMLParser
+
+        self.tags: list[tuple[str, dict]] = []
+        self.tables: dict[str, list[list[tuple[str, dict]]]] = {}  # id -> rows of (cell text, cell attrs)
+        self.scripts: list[tuple[dict, str]] = []
+        page = self
+
+        class _Parser(HTMLParser):
+            def __init__(self):
+                super().__init__(convert_charrefs=True)
+                self.table_ids: list[str | None] = []
+                self.cell: list | None = None
+                self.script: list | None = None
+                self.texts: list[str] = []
+
+            def handle_starttag(self, tag, attrs):
+                attrs = dict(attrs)
+                page.tags.append((tag, attrs))
+                if tag == "table":
+                    self.table_ids.append(attrs.get("id"))
+                    if attrs.get("id"):
+                        page.tables[attrs["id"]] = []
+                elif tag == "tr" and self.table_ids and self.table_ids[-1]:
+                    page.tables[self.table_ids[-1]].append([])
+                elif tag in ("td", "th") and self.table_ids and self.table_ids[-1]:
+                    self.cell = [[], attrs]
+                elif tag == "script":
+                    self.script = [attrs, []]
+
+            def handle_endtag(self, tag):
+                if tag == "table" and self.table_ids:
+                    self.table_ids.pop()
+                elif tag in ("td", "th") and self.cell is not None and self.table_ids and self.table_ids[-1]:
+                    page.tables[self.table_ids[-1]][-1].append(("".join(self.cell[0]).strip(), self.cell[1]))
+                    self.cell = None
+                elif tag == "script" and self.script is not None:
+                    page.scripts.append((self.script[0], "".join(self.script[1])))
+                    self.script = None
+
+            def handle_data(self, data):
+                self.texts.append(data)
+                if self.cell is not None:
+                    self.cell[0].append(data)
+                if self.script is not None:
+                    self.script[1].append(data)
+
+        parser = _Parser()
+        parser.feed(text)
+        parser.close()
+        self.text = "".join(parser.texts)
+
+    def document(self) -> dict:
+        """The eval document embedded in the page."""
+        [(_, data)] = [(a, s) for a, s in self.scripts if a.get("id") == "imgcls-eval-data"]
+        return json.loads(data)
+
+    def rows(self, table_id: str, header: bool = False) -> list[list[tuple[str, dict]]]:
+        rows = self.tables[table_id]
+        return rows if header else rows[1:]

@@ -312,10 +312,12 @@ def test_eval_report_writes_pictures(invoke, world, tmp_path):
     result = invoke(["eval", manifest, "-m", world["perfect"].parent, "--report", out])
     assert result.exit_code == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["confusion_matrix.png", "learning_curves.png", "reliability.png", "worst_errors.png"]
+    assert names == ["confusion_matrix.png", "index.html", "learning_curves.png", "reliability.png",
+                     "worst_errors.png"]
+    assert "Most confident mistakes" in (out / "index.html").read_text(encoding="utf-8")
     from PIL import Image
 
-    for name in names:
+    for name in [n for n in names if n.endswith(".png")]:
         with Image.open(out / name) as img:
             assert img.format == "PNG" and img.width > 100
 
@@ -329,7 +331,7 @@ def test_eval_report_without_matplotlib_still_makes_contact_sheet(invoke, world,
     result = invoke(["eval", manifest, "-m", world["constant"], "--report", out, "--json"])
     assert result.exit_code == 1
     assert "imgcls[plots]" in result.stderr and "worst_errors.png" in result.stderr
-    assert [p.name for p in out.iterdir()] == ["worst_errors.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "worst_errors.png"]  # the page needs no plots
     assert json.loads(result.stdout)["models"][0]["metrics"]["accuracy"] == pytest.approx(1 / 3)
 
 
@@ -363,3 +365,152 @@ def test_eval_many_classes_truncates_matrix(invoke, tmp_path):
     assert "22 classes is too many to print" in result.stderr
     assert doc["models"][0]["metrics"]["top_k"] == 5
     assert len(doc["models"][0]["confusion_matrix"]["counts"]) == 22
+
+
+# --- the HTML report -----------------------------------------------------------------------------------
+
+def _html_world_records(world):
+    records = _mixed_records(world)
+    return records + [{**r, "perturbation": "noise", "severity": s} for s in (1, 2) for r in records[:6]]
+
+
+@pytest.fixture(scope="module")
+def html_page(world, tmp_path_factory):
+    """One eval run of two models over mislabelled and perturbed records, with --json and --html."""
+    from click.testing import CliRunner
+
+    from imgcls.cli import cli
+
+    folder = tmp_path_factory.mktemp("html")
+    manifest = write_manifest_file(folder / "m.jsonl", _html_world_records(world))
+    page = folder / "report.html"
+    result = CliRunner().invoke(cli, ["eval", str(manifest), "-m", str(world["perfect"].parent), "-m",
+                                      str(world["constant"]), "--json", "--html", str(page), "--no-cache"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert f"HTML report written to {page}" in result.stderr
+    return json.loads(result.stdout), page
+
+
+def _value(cell) -> float | None:
+    raw = cell[1].get("data-value")
+    return None if raw in (None, "") else float(raw)
+
+
+def test_eval_html_numbers_agree_with_json(html_page):
+    from _eval_helpers import PageParser
+
+    from imgcls.evaluation.html import num, pct
+
+    doc, page = html_page
+    parsed = PageParser(page.read_text(encoding="utf-8"))
+    assert parsed.document() == doc  # the page carries the very document --json printed
+    for m, report in enumerate(doc["models"]):
+        rows = parsed.rows(f"m{m}-per-class")
+        body = [r for r in rows if r[0][0] not in ("macro average", "weighted average")]
+        assert [r[0][0] for r in body] == report["model"]["classes"]
+        for row, expected in zip(body, report["per_class"]):
+            for cell, key in zip(row[1:6], ("precision", "recall", "f1", "support", "predicted")):
+                assert _value(cell) == expected[key]  # exactly, not approximately
+                assert cell[0] == num(expected[key])
+        macro = [r for r in rows if r[0][0] == "macro average"][0]
+        assert [_value(c) for c in macro[1:4]] == [report["metrics"][k] for k in
+                                                   ("macro_precision", "macro_recall", "macro_f1")]
+        cm = parsed.rows(f"m{m}-cm")
+        counts = [[int(_value(c)) for c in row[1:]] for row in cm]
+        assert counts == report["confusion_matrix"]["counts"]  # 3 classes: the model's order
+        bins = parsed.rows(f"m{m}-bins")
+        assert [int(_value(r[1])) for r in bins] == [b["count"] for b in report["calibration"]["bins"]]
+        rob = parsed.rows(f"m{m}-robustness-t")
+        assert rob[0][0][0] == "clean" and _value(rob[0][3]) == report["robustness"]["clean"]["accuracy"]
+        severities = [(r[1][0], _value(r[3])) for r in rob if r[0][0] == "noise" and r[1][0] != "mean"]
+        assert severities == [(str(s["severity"]), s["accuracy"])
+                              for s in report["robustness"]["perturbations"][0]["severities"]]
+        pairs = parsed.rows(f"m{m}-pairs-t")
+        assert [(r[0][0], r[1][0], int(_value(r[2]))) for r in pairs] == [
+            (p["true"], p["pred"], p["count"]) for p in report["errors"]["confused_pairs"]]
+    summary = {r[0][0]: r[1:] for r in parsed.rows("summary-table")}
+    for m, report in enumerate(doc["models"]):
+        assert _value(summary["accuracy"][m]) == report["metrics"]["accuracy"]
+        assert summary["accuracy"][m][0] == pct(report["metrics"]["accuracy"])
+        assert _value(summary["ECE (expected calibration error)"][m]) == report["metrics"]["ece"]
+    f1 = {r[0][0]: [_value(c) for c in r[1:]] for r in parsed.rows("cmp-f1")}
+    for name, values in f1.items():
+        a, b = (row["per_class_f1"][name] for row in doc["comparison"])
+        assert values == [a, b, b - a]
+    agree = doc["agreement"]
+    assert agree["models"] == ["perfect", "constant"] and agree["n_images"] == 30
+    assert agree["all_right"] + agree["all_wrong"] + agree["some_right"] == 30
+    counts = {r[0][0]: int(_value(r[1])) for r in parsed.rows("cmp-agreement")}
+    assert counts["every model right"] == agree["all_right"] and counts["every model wrong"] == agree["all_wrong"]
+    assert len(agree["examples"]) == min(10, agree["some_right"])
+    # learning curves from the run's history.jsonl (3 epochs), a chart per metric
+    history = parsed.rows("m0-history")
+    assert [r[0][0] for r in history] == ["1", "2", "3"]
+    assert "no history.jsonl" in parsed.text  # the constant model has no run folder
+    # self-contained: every picture inline, nothing fetched
+    srcs = [a.get("src") for t, a in parsed.tags if "src" in a] + [a.get("href") for t, a in parsed.tags
+                                                                   if a.get("href") and not a["href"].startswith("#")]
+    assert srcs and all(s.startswith("data:") for s in srcs)
+    imgs = [a for t, a in parsed.tags if t == "img"]
+    assert imgs and all(a.get("alt") for a in imgs)
+    csp = [a["content"] for t, a in parsed.tags if a.get("http-equiv") == "Content-Security-Policy"]
+    assert csp and "default-src 'none'" in csp[0]
+
+
+def test_eval_html_escapes_hostile_names_and_labels(invoke, tmp_path):
+    from _eval_helpers import PageParser
+
+    hostile = ['<script>alert("x")</script>', "</style><marquee>moving</marquee>", "quote\"'&amp;", "new\nline",
+               "javascript:alert(1)", "\u2028sep</script><img src=x onerror=alert(1)>"]
+    images = []
+    for k, label in enumerate(hostile):
+        name = f"{label.replace('/', '_')}-{k}.png"
+        images.append(make_class_folder(tmp_path / "img", per_class=1, classes=("circle",), size=8)
+                      / "circle" / "circle_000.png")
+        target = tmp_path / "img" / name
+        images[-1].rename(target)
+        images[-1] = target
+    model = save_constant_model(tmp_path / "m.safetensors", winner=0, classes=hostile, size=8)
+    records = [{"path": str(p), "label": label} for p, label in zip(images, hostile)]
+    manifest = write_manifest_file(tmp_path / "m.jsonl", records, classes=hostile)
+    page = tmp_path / "r.html"
+    doc, result = eval_json(invoke, [manifest, "-m", model, "--html", page])
+    text = page.read_text(encoding="utf-8")
+    parsed = PageParser(text)
+    assert parsed.document() == doc
+    tags = [t for t, _ in parsed.tags]
+    assert tags.count("script") == 2 and tags.count("style") == 1 and "marquee" not in tags
+    assert [a.get("id") for t, a in parsed.tags if t == "script"] == ["imgcls-eval-data", None]
+    assert not [a for _, a in parsed.tags if any(k.startswith("on") for k in a)]
+    urls = [v for _, a in parsed.tags for k, v in a.items() if k in ("href", "src", "action", "formaction", "xlink:href")]
+    assert urls and not [u for u in urls if not u.startswith(("data:", "#"))]
+    assert all(a["src"].startswith("data:") for t, a in parsed.tags if t == "img")
+    classes = [r[0][0] for r in parsed.rows("m0-per-class") if r[0][0] not in ("macro average", "weighted average")]
+    assert classes == [h.strip() for h in hostile]  # shown as text, verbatim (the parser strips cells)
+    assert str(images[1]) in parsed.text and str(images[-1]) in parsed.text  # mistakes show their paths
+    assert "\u2028" not in text.split('id="imgcls-eval-data">')[1].split("</script>")[0]
+
+
+def test_eval_html_many_classes_cluster_and_stay_small(invoke, tmp_path):
+    from _eval_helpers import PageParser
+
+    classes = [f"class{i:03d}" for i in range(100)]
+    make_class_folder(tmp_path / "img", per_class=1, classes=("circle",), size=8)
+    image = next((tmp_path / "img").rglob("*.png"))
+    model = save_constant_model(tmp_path / "many.safetensors", winner=7, classes=classes, size=8)
+    records = [{"path": str(image), "label": c} for c in classes for _ in range(2)]
+    manifest = write_manifest_file(tmp_path / "m.jsonl", records, classes=classes)
+    page = tmp_path / "r.html"
+    doc, _ = eval_json(invoke, [manifest, "-m", model, "--html", page])
+    parsed = PageParser(page.read_text(encoding="utf-8"))
+    assert "ordered so that classes the model confuses sit next to each other" in parsed.text
+    cm = parsed.rows("m0-cm")
+    order = [r[0][0] for r in cm]
+    assert sorted(order) == classes
+    index = {c: i for i, c in enumerate(classes)}
+    counts = doc["models"][0]["confusion_matrix"]["counts"]
+    for row in cm:  # every cell still says what the document says, in the shown order
+        i = index[row[0][0]]
+        assert [int(_value(c)) for c in row[1:]] == [counts[i][index[c]] for c in order]
+    assert page.stat().st_size < 1_500_000

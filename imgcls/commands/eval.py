@@ -42,8 +42,15 @@ def _sanitize(obj: Any) -> Any:
                    "(probability of pred) and \"probs\" (class -> probability). '-' for stdout. One model only.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Write pictures to DIR: confusion_matrix.png, reliability.png, learning_curves.png "
-                   "(from the run's history.jsonl) and worst_errors.png. The charts need matplotlib "
-                   "(the plots extra); the contact sheet needs only Pillow. Several models: one subfolder each.")
+                   "(from the run's history.jsonl) and worst_errors.png, plus index.html (as --html). The "
+                   "charts need matplotlib (the plots extra); the contact sheet and index.html do not. "
+                   "Several models: one subfolder of pictures each, one index.html.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write the report as one self-contained HTML page (works offline and from file://; "
+                   "inline SVG charts and pictures; the --json document embedded): summary, per-class table, "
+                   "confusion matrix, calibration, learning curves, the --errors most confident mistakes with "
+                   "Grad-CAM overlays (with the explain extra, grad-cam), confused pairs, robustness and, with "
+                   "several --model, a comparison.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None,
               help="k of the top-k accuracy. Default: 5, or classes - 1 when there are fewer classes.")
 @click.option("--bins", type=click.IntRange(min=1, max=1000), default=15, show_default=True,
@@ -70,7 +77,7 @@ def _sanitize(obj: Any) -> Any:
                    "writing the cache.")
 @common_options
 def command(manifest: str, models: tuple[str, ...], split: str, as_json: bool, output: Path | None,
-            predictions: str | None, report_dir: Path | None, top_k: int | None, bins: int, n_errors: int,
+            predictions: str | None, report_dir: Path | None, html_file: Path | None, top_k: int | None, bins: int, n_errors: int,
             ignore_unknown: bool, batch_size: int, workers: int | None, device: str, tta: bool,
             cache_dir: Path | None, no_cache: bool) -> None:
     """Evaluate a model on a manifest: metrics, errors, calibration, robustness.
@@ -166,6 +173,11 @@ def command(manifest: str, models: tuple[str, ...], split: str, as_json: bool, o
             info(f"{n} predictions written to {predictions}")
     if as_json:
         click.echo(text, nl=False)
+    pages = [p for p in (html_file, report_dir / "index.html" if report_dir is not None else None) if p]
+    if pages:
+        from imgcls.evaluation.htmlassets import write_pages
+
+        write_pages(evaluations, document, pages, device=device)
     if report_dir is not None:
         _write_pictures(evaluations, report_dir)
 

@@ -24,6 +24,10 @@ from imgcls.evaluation.predicting import CACHE_MIN_IMAGES
                    '{"path", "error", "reason"}.')
 @click.option("--table", "as_table", is_flag=True, help="A table for people even when stdout is piped.")
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average with a horizontally flipped view.")
+@click.option("--explain", "explain_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Write a Grad-CAM overlay per image to DIR (where the model looked for the label it gave; "
+                   "brighter = more weight), named NNNNNN-<file stem>-gradcam.png by input position, and add "
+                   "its path to each JSON line as \"overlay\". Needs the explain extra (grad-cam).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per inference batch.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
@@ -42,7 +46,7 @@ from imgcls.evaluation.predicting import CACHE_MIN_IMAGES
                    "writing the cache.")
 @common_options
 def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: bool, as_table: bool, tta: bool,
-            batch_size: int, workers: int | None, device: str, cache_dir: Path | None, no_cache: bool) -> None:
+            explain_dir: Path | None, batch_size: int, workers: int | None, device: str, cache_dir: Path | None, no_cache: bool) -> None:
     """Predict labels of images with a trained model.
 
     \b
@@ -80,6 +84,10 @@ def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: boo
         if sys.stdin.isatty():
             raise UsageProblem("no images given: pass image files, folders, a manifest, or '-' for paths on stdin")
         inputs = ("-",)
+    if explain_dir is not None:
+        from imgcls.evaluation.explain import require_gradcam
+
+        require_gradcam("--explain")
     model_path, source = resolve_model(model)
     paths, notes = gather_inputs(inputs, stdin=sys.stdin)
     for note in notes:
@@ -104,10 +112,16 @@ def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: boo
     table_mode = as_table or (not as_json and sys.stdout.isatty())
     n_errors = 0
     rows = []
+    explainer = None
+    if explain_dir is not None:
+        from imgcls.evaluation.explain import Explainer
+
+        explainer = Explainer(net, minfo, explain_dir, device=device, batch_size=batch_size)
     with progress_bar(len(paths), "predict", min_total=batch_size + 1) as advance:
         batches = predict_batches(net, minfo, paths, batch_size=batch_size, device=device, workers=workers, tta=tta,
                                   on_batch=advance, cache_dir=cache)
-        for row in rows_in_order(batches, paths, minfo.classes, k):
+        results = rows_in_order(batches, paths, minfo.classes, k)
+        for row in explainer.annotate(results) if explainer else results:
             n_errors += "error" in row
             if table_mode:
                 rows.append(row)
@@ -115,6 +129,9 @@ def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: boo
                 click.echo(json.dumps(row, ensure_ascii=False))
     if table_mode:
         _print_table(rows, k)
+    if explainer is not None:
+        info(f"{explainer.written} Grad-CAM overlays "
+             f"written to {explain_dir}")
     if n_errors:
         raise DataError(f"{n_errors} of {len(paths)} images could not be read (see their error lines)")
 

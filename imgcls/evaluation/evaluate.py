@@ -29,7 +29,7 @@ from imgcls.errors import DataError, ModelError, UsageProblem
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
 SCHEMA_ID = "imgcls-eval"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 @dataclass
@@ -239,6 +239,7 @@ def build_document(evaluations: Sequence[ModelEvaluation], selection: Selection,
                    settings: dict[str, Any]) -> dict[str, Any]:
     """The whole ``--json`` document: the same shape for one model or several."""
     from imgcls import __version__
+    from imgcls.evaluation.agreement import agreement
 
     return {
         "schema": SCHEMA_ID,
@@ -252,6 +253,7 @@ def build_document(evaluations: Sequence[ModelEvaluation], selection: Selection,
         "settings": settings,
         "models": [ev.report for ev in evaluations],
         "comparison": comparison_rows(evaluations),
+        "agreement": agreement(evaluations, int(settings.get("errors", 10))),
     }
 
 
