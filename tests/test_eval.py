@@ -514,3 +514,37 @@ def test_eval_html_many_classes_cluster_and_stay_small(invoke, tmp_path):
         i = index[row[0][0]]
         assert [int(_value(c)) for c in row[1:]] == [counts[i][index[c]] for c in order]
     assert page.stat().st_size < 1_500_000
+
+
+def test_eval_html_in_headless_chromium(html_page, tmp_path):
+    """The page as a browser loads it from file://: no console error, no request but itself, sortable tables."""
+    from _browser import find_chromium, visit
+
+    if find_chromium() is None:
+        pytest.skip("no chromium (Debian: apt-get install chromium)")
+    doc, page = html_page
+    f1 = ("(function () { var t = document.getElementById('m0-per-class');"
+          " t.tHead.rows[0].cells[3].querySelector('button').click();"
+          " return Array.prototype.map.call(t.tBodies[0].rows, function (r) {"
+          " return parseFloat(r.cells[3].getAttribute('data-value')); }); })()")
+    result = visit(page.as_uri(), evaluate={
+        "f1_sorted": f1,
+        "images_loaded": "Array.prototype.every.call(document.images, function (i) {"
+                         " return i.complete && i.naturalWidth > 0; })",
+        "images": "document.images.length",
+        "svgs": "document.querySelectorAll('svg.chart').length",
+        "embedded": "JSON.parse(document.getElementById('imgcls-eval-data').textContent).models.length",
+    })
+    assert result.problems() == []
+    assert result.requests and result.requests[0] == page.as_uri()
+    assert all(u == page.as_uri() or u.startswith("data:") for u in result.requests), result.requests
+    assert result.evaluated["f1_sorted"] == sorted(c["f1"] for c in doc["models"][0]["per_class"])
+    assert result.evaluated["images_loaded"] is True and result.evaluated["images"] > 10
+    assert result.evaluated["svgs"] >= 6 and result.evaluated["embedded"] == 2
+    shot = tmp_path / "report.png"
+    shot.write_bytes(result.screenshot)
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        assert img.format == "PNG" and img.width == 1280 and img.height > 3000  # the whole page
+        assert len(img.convert("L").getcolors(1 << 16) or []) > 50  # not a blank page

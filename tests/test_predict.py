@@ -346,3 +346,129 @@ def test_predict_and_eval_share_cache_entries(invoke, many, tmp_path, monkeypatc
     lines, result = predict_lines(invoke, ["-m", many["model"], "many", "--cache-dir", other, "-v"])
     assert "decoded cache hit" in result.stderr and len(cache_entries(other)) == 1
     assert [line["path"] for line in lines] == [f"many/{p.name}" for p in images]
+
+
+# --- Grad-CAM explanations (--explain DIR) ----------------------------------------------------------------
+
+def _square_image(rng, quadrant: int | None, size: int = 16):
+    """Dark noisy background; with a quadrant, a bright 4x4 square inside it. Returns (uint8 HxWx3, (y, x))."""
+    pixels = rng.normal(60, 10, (size, size, 3))
+    corner = None
+    if quadrant is not None:
+        half = size // 2
+        corner = ((quadrant // 2) * half + int(rng.integers(1, 4)), (quadrant % 2) * half + int(rng.integers(1, 4)))
+        pixels[corner[0]:corner[0] + 4, corner[1]:corner[1] + 4] = 230
+    return np.clip(pixels, 0, 255).astype(np.uint8), corner
+
+
+@pytest.fixture(scope="module")
+def square_model(tmp_path_factory):
+    """A tiny CNN trained for a few dozen steps to tell 'square' (a bright square anywhere) from 'plain'."""
+    import torch
+
+    from imgcls.models import get_model
+    from imgcls.models.io import ModelInfo, save_model
+    from imgcls.models.preprocess import normalize
+
+    rng = np.random.default_rng(0)
+    pictures = [_square_image(rng, i % 4 if i % 2 == 0 else None)[0] for i in range(64)]
+    labels = torch.tensor([1 if i % 2 == 0 else 0 for i in range(64)])
+    torch.manual_seed(0)
+    model = get_model("cnn", num_classes=2, in_channels=3, dropout=0.0, width=8, depth=2, block_dropout=0.0)
+    info = ModelInfo(arch="cnn", classes=["plain", "square"], image_size=16, channels=3, mean=[0.5] * 3,
+                     std=[0.25] * 3, arch_options={"width": 8, "depth": 2, "block_dropout": 0.0}, dropout=0.0)
+    x = normalize(torch.from_numpy(np.stack(pictures)), info.mean, info.std)
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(60):
+        model.train()
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
+        optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        assert (model(x).argmax(1) == labels).all()
+    path = save_model(tmp_path_factory.mktemp("squares") / "square.safetensors", model, info)
+    return model, info, path
+
+
+def test_predict_explain_gradcam_lands_on_the_object(square_model):
+    pytest.importorskip("pytorch_grad_cam")
+    from imgcls.evaluation.explain import gradcam
+
+    model, info, _ = square_model
+    rng = np.random.default_rng(1)
+    hits, ratios = 0, []
+    for quadrant in range(4):
+        for _ in range(5):
+            image, (y, x) = _square_image(rng, quadrant)
+            heat = gradcam(model, info, image[None], [1])[0]
+            assert heat.shape == (16, 16) and 0 <= heat.min() and heat.max() <= 1
+            quarters = [heat[(q // 2) * 8:(q // 2) * 8 + 8, (q % 2) * 8:(q % 2) * 8 + 8].mean() for q in range(4)]
+            hits += int(np.argmax(quarters)) == quadrant
+            inside = heat[y:y + 4, x:x + 4].mean()
+            ratios.append(inside / ((heat.sum() - heat[y:y + 4, x:x + 4].sum()) / (16 * 16 - 16)))
+    assert hits >= 18, f"the map's brightest quadrant held the square in only {hits} of 20 images"
+    assert np.median(ratios) > 2.0
+
+
+def test_predict_explain_writes_overlays_named_safely(invoke, square_model, tmp_path):
+    pytest.importorskip("pytorch_grad_cam")
+    _, _, model_path = square_model
+    rng = np.random.default_rng(2)
+    names = ["top left.png", "../evil\nname<script>.png", "plain.png"]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    paths = []
+    for k, name in enumerate(names):
+        image, _ = _square_image(rng, 0 if k < 2 else None)
+        target = folder / name.replace("../", "")
+        Image.fromarray(image).resize((40, 24)).save(target)  # not square: the overlay keeps the aspect
+        paths.append(target)
+    out = tmp_path / "explained"
+    lines, result = predict_lines(invoke, ["-m", model_path, *paths, "--explain", out, "--json"])
+    assert [line["label"] for line in lines] == ["square", "square", "plain"]
+    assert f"3 Grad-CAM overlays written to {out}" in result.stderr
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["000000-top_left-gradcam.png", "000001-evil_name_script-gradcam.png",
+                       "000002-plain-gradcam.png"]
+    for line in lines:
+        overlay = Path(line["overlay"])
+        assert overlay.parent == out
+        with Image.open(overlay) as img:
+            assert img.format == "PNG" and img.size == (224, 134)  # small photos enlarged, aspect kept
+
+
+def test_predict_explain_without_gradcam_is_a_one_line_error(invoke, world, monkeypatch, tmp_path):
+    import imgcls.evaluation.explain as explain
+
+    monkeypatch.setattr(explain, "have_gradcam", lambda: False)
+    result = invoke(["predict", "-m", world["perfect"], world["images"][0], "--explain", tmp_path / "x"])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("install it with pip install 'imgcls[explain]' (grad-cam)")
+    assert not (tmp_path / "x").exists() and result.stdout == ""
+
+
+ARCHS_FAST = [("cnn", 28, 1), ("cnn-gru", 28, 1), ("cnn-classic", 28, 1), ("resnet18", 32, 3),
+              ("mobilenet_v3_small", 64, 3)]
+ARCHS_SLOW = [("densenet121", 64, 3), ("vgg16", 32, 3), ("efficientnet_b0", 64, 3), ("mobilenet_v2", 32, 3),
+              ("mobilenet_v3_large", 64, 3), ("resnet50", 64, 3)]
+
+
+@pytest.mark.parametrize("arch,size,channels", ARCHS_FAST + [pytest.param(*a, marks=pytest.mark.slow)
+                                                             for a in ARCHS_SLOW])
+def test_predict_explain_every_architecture_family(arch, size, channels):
+    pytest.importorskip("pytorch_grad_cam")
+    from imgcls.evaluation.explain import find_target_layer, gradcam
+    from imgcls.models import get_model
+    from imgcls.models.io import ModelInfo
+
+    model = get_model(arch, num_classes=3, in_channels=channels).eval()
+    model.set_trainable_blocks(0)  # a frozen backbone still gets its map: the gradient flows from the input
+    info = ModelInfo(arch=arch, classes=["a", "b", "c"], image_size=size, channels=channels,
+                     mean=[0.5] * channels, std=[0.25] * channels)
+    layer = find_target_layer(model, size, channels)
+    assert min(layer.shape) >= 4 and layer.index < len(model.blocks)
+    images = np.random.default_rng(0).integers(0, 256, (2, size, size, channels), dtype=np.uint8)
+    heat = gradcam(model, info, images, [0, 2])
+    assert heat.shape == (2, size, size) and heat.dtype == np.float32
+    assert np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1

@@ -593,7 +593,7 @@ def learning_part(assets: ModelAssets | None, name: str, anchor: str) -> Markup:
 def _img(uri: str | None, alt: str, cls: str = "thumb") -> Markup:
     if not uri:
         return el("span", "(no picture)", class_="nopic", role="img", aria_label=alt)
-    return el("img", src=uri, alt=alt, class_=cls, loading="lazy")
+    return el("img", src=uri, alt=alt, class_=cls)
 
 
 def mistakes_part(report: dict[str, Any], assets: ModelAssets | None, anchor: str) -> Markup:
