@@ -548,3 +548,29 @@ def test_eval_html_in_headless_chromium(html_page, tmp_path):
     with Image.open(shot) as img:
         assert img.format == "PNG" and img.width == 1280 and img.height > 3000  # the whole page
         assert len(img.convert("L").getcolors(1 << 16) or []) > 50  # not a blank page
+
+
+def test_eval_html_renders_unknown_and_missing_blocks(html_page):
+    """A document from another version (a "tta" block, no robustness, no history) still renders."""
+    from _eval_helpers import PageParser
+
+    from imgcls.evaluation.html import render_html
+
+    doc, _ = html_page
+    newer = json.loads(json.dumps(doc))
+    report = newer["models"][0]
+    report["tta"] = {"accuracy": 0.5, "accuracy_without": 0.25, "views": ["identity", "hflip"]}
+    report["metrics"]["accuracy_tta"] = 0.5
+    report["robustness"] = None
+    del report["calibration"]
+    newer["future_block"] = {"note": "<b>x</b>"}
+    parsed = PageParser(render_html({**newer, "models": newer["models"][:1], "comparison": [], "agreement": None}))
+    cells = {r[0][0]: r[1][0] for r in parsed.rows("m0-extra-0-t")}
+    assert cells == {"accuracy": "0.500", "accuracy_without": "0.250", "views[0]": "identity", "views[1]": "hflip"}
+    summary = {r[0][0]: _value(r[1]) for r in parsed.rows("summary-table")}
+    assert summary["accuracy_tta"] == 0.5
+    assert "No perturbed records" in parsed.text and "No calibration bins" in parsed.text
+    assert [[c[0] for c in r] for r in parsed.rows("extra-0-t")] == [["note", "<b>x</b>"]]  # text, not markup
+    assert "Comparison" not in [a.get("id") for _, a in parsed.tags]
+    bare = PageParser(render_html({"models": [{}]}))  # nothing at all: still a page
+    assert "imgcls eval report" in bare.text

@@ -383,7 +383,7 @@ def generic_block(anchor: str, name: str, value: Any, level: int = 3) -> Markup:
             for key, v in flatten(value)]
     return section(anchor, name, note("Shown as it appears in the JSON document (this page version has no "
                                       "dedicated view for it)."),
-                   table(["key", "value"], rows, sortable=False), level=level)
+                   table(["key", "value"], rows, sortable=False, id=f"{anchor}-t"), level=level)
 
 
 # -- sections ---------------------------------------------------------------------------------------
