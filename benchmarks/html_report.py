@@ -9,9 +9,11 @@ images per class, the official 10,000 test images. Three models, all through the
     imgcls finetune base.jsonl --model runs/cnn --epochs 2 --out runs/cnn-finetune   # history: train + finetune
     imgcls train base.jsonl --arch cnn-classic --epochs E --out runs/cnn-classic
 
-Cost: `imgcls eval base.jsonl -m ... --json` against the same command with `--html report.html`
-(10,000 images, warm decoded-image cache, for 1 and for 3 models), repeated --repeat times
-interleaved; the best and the median of each, their difference, and the page's size.
+Cost: `imgcls eval base.jsonl -m ... -o eval.json` against the same command with `--html
+report.html` (10,000 images, warm decoded-image cache, for 1 and for 3 models), repeated --repeat
+times interleaved; the best and the median of each, their difference, and the page's size. And
+the HTML step alone inside one process (`in_process`): gathering the pictures (thumbnails,
+Grad-CAM) cold (the first page: importing grad-cam) and warm, and rendering the page.
 
 Gallery: the --test-per-class first test images per class and their perturbed copies
 (`imgcls perturb --kinds K --severity 1,3,5`), evaluated with the three models into one page,
@@ -101,13 +103,42 @@ def cost(args, base: Path, models: list[Path], cache: Path) -> dict:
             "page_bytes": page.stat().st_size}
 
 
+def inprocess(base: Path, models: list[Path], cache: Path, repeat: int) -> dict:
+    """The HTML step alone, inside one eval process: cold (the first page, importing grad-cam and its
+    dependencies) and warm (the next ones), against the evaluation itself."""
+    from imgcls.evaluation.evaluate import build_document, evaluate_model, select_records
+    from imgcls.evaluation.html import render_html
+    from imgcls.evaluation.htmlassets import collect_assets
+    from imgcls.manifest import read_all
+
+    _, records, reader = read_all(str(base))
+    selection = select_records(records, reader.resolve, "test", reader.name)
+    t0 = time.perf_counter()
+    evaluations = [evaluate_model(m, selection, cache_dir=cache) for m in models]
+    document = build_document(evaluations, selection, manifest=reader.name, settings={"errors": 10})
+    evaluate_s = time.perf_counter() - t0
+    runs = []
+    for _ in range(1 + repeat):
+        t0 = time.perf_counter()
+        assets = collect_assets(evaluations, document)
+        t1 = time.perf_counter()
+        text = render_html(document, assets)
+        t2 = time.perf_counter()
+        runs.append((t1 - t0, t2 - t1))
+    warm = runs[1:]
+    return {"models": len(models), "images": len(selection.records), "evaluate_s": round(evaluate_s, 2),
+            "pictures_s_cold": round(runs[0][0], 2), "render_s_cold": round(runs[0][1], 3),
+            "pictures_s_warm_best": round(min(a for a, _ in warm), 2),
+            "render_s_warm_best": round(min(b for _, b in warm), 3), "page_bytes": len(text.encode())}
+
+
 def screenshots(page: Path, write: bool) -> dict:
     from _browser import find_chromium, visit
 
     if find_chromium() is None:
         return {"skipped": "no chromium"}
-    boxes = ("JSON.stringify(['summary','comparison','model-0-mistakes','m0-mistakes','m0-robustness',"
-             "'m0-learning','m0-confusion'].map(function (id) { var e = document.getElementById(id);"
+    boxes = ("JSON.stringify(['summary','comparison','m0-mistakes','m1-learning','m1-confusion']"
+             ".map(function (id) { var e = document.getElementById(id);"
              " if (!e) return null; var r = e.getBoundingClientRect();"
              " return [id, r.top + window.scrollY, r.height]; }))")
     result = visit(page.as_uri(), width=1280, evaluate={"boxes": boxes})
@@ -123,8 +154,9 @@ def screenshots(page: Path, write: bool) -> dict:
     out["page_height_px"] = shot.height
     where = {b[0]: (int(b[1]), int(b[2])) for b in json.loads(result.evaluated["boxes"]) if b}
     GALLERY.mkdir(parents=True, exist_ok=True)
-    crops = {"html_report_summary.png": (where["summary"][0] - 90, where["comparison"][0] + 1350),
-             "html_report_model.png": (where["m0-confusion"][0] - 10, where["m0-learning"][0] + where["m0-learning"][1]),
+    crops = {"html_report_summary.png": (0, where["comparison"][0] + 1350),
+             # the fine-tuned model: its learning curves show both phases
+             "html_report_model.png": (where["m1-confusion"][0] - 10, where["m1-learning"][0] + where["m1-learning"][1]),
              "html_report_mistakes.png": (where["m0-mistakes"][0] - 10,
                                           where["m0-mistakes"][0] + min(1100, where["m0-mistakes"][1]))}
     for name, (top, bottom) in crops.items():
@@ -155,7 +187,8 @@ def main() -> None:
             train_s[name] = round(fm.run(cmd), 1)
     models = [runs / name / "model.safetensors" for name, _ in steps]
     results = {"machine": fm.machine(), "args": {k: str(v) for k, v in vars(args).items()}, "train_s": train_s,
-               "cost": [cost(args, base, models[:1], cache), cost(args, base, models, cache)]}
+               "cost": [cost(args, base, models[:1], cache), cost(args, base, models, cache)],
+               "in_process": inprocess(base, models, cache, args.repeat)}
     # the gallery: a perturbed test subset, the three models, one page
     small = subset(base, args.work / "test-subset.jsonl", args.test_per_class)
     perturbed = args.work / "perturbed.jsonl"

@@ -77,8 +77,8 @@ def _sanitize(obj: Any) -> Any:
                    "writing the cache.")
 @common_options
 def command(manifest: str, models: tuple[str, ...], split: str, as_json: bool, output: Path | None,
-            predictions: str | None, report_dir: Path | None, html_file: Path | None, top_k: int | None, bins: int, n_errors: int,
-            ignore_unknown: bool, batch_size: int, workers: int | None, device: str, tta: bool,
+            predictions: str | None, report_dir: Path | None, html_file: Path | None, top_k: int | None,
+            bins: int, n_errors: int, ignore_unknown: bool, batch_size: int, workers: int | None, device: str, tta: bool,
             cache_dir: Path | None, no_cache: bool) -> None:
     """Evaluate a model on a manifest: metrics, errors, calibration, robustness.
 

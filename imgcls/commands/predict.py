@@ -46,7 +46,8 @@ from imgcls.evaluation.predicting import CACHE_MIN_IMAGES
                    "writing the cache.")
 @common_options
 def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: bool, as_table: bool, tta: bool,
-            explain_dir: Path | None, batch_size: int, workers: int | None, device: str, cache_dir: Path | None, no_cache: bool) -> None:
+            explain_dir: Path | None, batch_size: int, workers: int | None, device: str, cache_dir: Path | None,
+            no_cache: bool) -> None:
     """Predict labels of images with a trained model.
 
     \b
@@ -130,8 +131,7 @@ def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: boo
     if table_mode:
         _print_table(rows, k)
     if explainer is not None:
-        info(f"{explainer.written} Grad-CAM overlays "
-             f"written to {explain_dir}")
+        info(f"{explainer.written} Grad-CAM overlays written to {explain_dir}")
     if n_errors:
         raise DataError(f"{n_errors} of {len(paths)} images could not be read (see their error lines)")
 

@@ -236,10 +236,12 @@ def line_chart(series: Sequence[Series], *, title: str, xlabel: str, ylabel: str
                     text_anchor="middle"))
     parts.append(el("text", ylabel, x="12", y=f"{top + ph / 2:.1f}", class_="axis", text_anchor="middle",
                     transform=f"rotate(-90 12 {top + ph / 2:.1f})"))
-    for x, label in vlines:
+    for k, (x, label) in enumerate(vlines):
         px = fx(x)
         parts.append(el("line", x1=f"{px:.1f}", x2=f"{px:.1f}", y1=str(top), y2=str(top + ph), class_="mark"))
-        parts.append(el("text", label, x=f"{px + 3:.1f}", y=str(top + 11), class_="tick"))
+        right_side = px < left + pw * 0.8  # near the right edge, the label goes left of the line
+        parts.append(el("text", label, x=f"{px + 3 if right_side else px - 3:.1f}", y=str(top + 11 + 11 * (k % 2)),
+                        class_="tick", text_anchor=None if right_side else "end"))
     if hline is not None:
         py = fy(hline[0])
         parts.append(el("line", x1=str(left), x2=str(left + pw), y1=f"{py:.1f}", y2=f"{py:.1f}", class_="mark"))
@@ -627,7 +629,7 @@ def mistakes_part(report: dict[str, Any], assets: ModelAssets | None, anchor: st
                                                     data_value=raw_value(e.get("prob_true")))),
             el("br"), el("code", str(e.get("path"))),
         ), class_="mistake"))
-    head = note(f"{errors.get('n_errors')} of {report.get('n_images')} images are misclassified; the "
+    head = note(f"{num(errors.get('n_errors'))} of {num(report.get('n_images'))} images are misclassified; the "
                 f"{len(mistakes)} below are those the model was surest of (its highest probability on a wrong "
                 f"class).")
     parts = [head]
