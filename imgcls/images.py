@@ -68,7 +68,7 @@ class ImageRejected(DataError):
 
 # Modes every command handles as they are; the rest are converted (see to_8bit / to_mode).
 EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
-                             "LAB", "HSV"})
+                             "HSV"})
 SIXTEEN_BIT_MAX = 65535
 
 
@@ -108,8 +108,14 @@ def to_8bit(img, path: str | os.PathLike = "image"):
         result.info.update(img.info)
         return result
     try:
+        if mode == "LAB":  # CIE L*a*b*: Pillow converts it through a colour profile only
+            from PIL import ImageCms
+
+            transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
+                                                "LAB", "RGB")
+            return ImageCms.applyTransform(img, transform)
         return img.convert("RGB")
-    except (ValueError, OSError):
+    except (ValueError, OSError, ImportError):
         raise ImageRejected(path, "unsupported-mode", f"image mode {mode!r} is not supported") from None
 
 

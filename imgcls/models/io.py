@@ -145,6 +145,30 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def _check_arch_options(path: Path, info: ModelInfo) -> None:
+    """``arch`` is registered and each of ``arch_options`` is one it takes, of the type of its default."""
+    import inspect
+
+    from imgcls.metadata import is_int, is_number
+    from imgcls.models.registry import get_spec
+
+    try:
+        spec = get_spec(info.arch)
+    except ImgclsError as exc:
+        raise ModelError(f"{path}: model metadata \"arch\": {exc}") from None
+    parameters = inspect.signature(spec.builder).parameters
+    for key, value in info.arch_options.items():
+        if key not in spec.options or key not in parameters:
+            raise ModelError(f"{path}: model metadata \"arch_options.{key}\": {info.arch} takes no option {key!r}")
+        default = parameters[key].default
+        ok = (isinstance(value, bool) if isinstance(default, bool) else is_int(value) if isinstance(default, int)
+              else is_number(value) if isinstance(default, float) else isinstance(value, type(default))
+              if default is not None and default is not inspect.Parameter.empty else True)
+        if not ok:
+            raise ModelError(f"{path}: model metadata \"arch_options.{key}\": must be {type(default).__name__} "
+                             f"like its default {default!r}, not {value!r}")
+
+
 def load_model(path: str | os.PathLike, device: str = "cpu"):
     """Rebuild the architecture from metadata and load the weights. Returns (model, info)."""
     from safetensors.torch import load_file
@@ -153,6 +177,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
 
     path = resolve_model_path(path)
     info = read_model_info(path)
+    _check_arch_options(path, info)
     try:
         model = get_model(info.arch, num_classes=len(info.classes), in_channels=info.channels,
                           dropout=info.dropout, pretrained=False, **info.arch_options)

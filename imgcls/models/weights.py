@@ -177,9 +177,13 @@ def read_weights_file(path: str | os.PathLike) -> Pretrained:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            # torch's message is paragraphs of advice; the line that says what was refused is the one to show
+            why = next((line.split("WeightsUnpickler error:", 1)[-1].strip() for line in str(exc).splitlines()
+                        if "WeightsUnpickler error:" in line or "unsupported GLOBAL" in line
+                        or "Unsupported global" in line), None)
             raise WeightsError(
                 f"{path}: refused: not a plain state dict (torch.load weights_only=True: "
-                f"{brief(exc, 160)}); save it with torch.save(model.state_dict(), FILE) "
+                f"{brief(why or exc, 160)}); save it with torch.save(model.state_dict(), FILE) "
                 f"or convert it to .safetensors"
             ) from None
         except Exception as exc:  # noqa: BLE001 - truncated zip, foreign file, ...
