@@ -1048,7 +1048,9 @@ def _fifo_guard(fifo: Path):
     done = threading.Event()
 
     def unblock():
-        if not done.wait(20):
+        if done.wait(20):
+            return
+        while not done.wait(0.2):  # every open of the FIFO for reading gets a writer, and then end-of-file
             with contextlib.suppress(OSError):
                 fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
                 os.close(fd)
