@@ -15,7 +15,7 @@ official training set, so smaller sets are subsets of larger ones):
 
 160 px rather than 96: on the 28 px images upsampled, ImageNet features at 160 px gave clearly
 better validation accuracy than at 96 px (and no worse than 224 px) in a frozen-backbone probe;
-see docs/notes-train.md.
+see docs/benchmarks.md (transfer learning).
 
 Validation: 50 images per class from outside the 1,000-per-class training pool (the same for
 every K and every method; used for early stopping / best-epoch selection only). Test: the

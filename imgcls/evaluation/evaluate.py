@@ -1,6 +1,6 @@
 """One evaluation report per model over the selected manifest records.
 
-Decisions (documented in ``imgcls eval --help`` and docs/notes-eval.md):
+Decisions (documented in ``imgcls eval --help`` and docs/design/eval.md):
 
 * ``--split test`` selects records whose ``split`` is ``test`` *or missing*: a manifest
   without splits is taken to be a held-out set (a note on stderr says how many).

@@ -17,8 +17,8 @@ from imgcls.errors import ModelError
 MODEL_ENV = "IMGCLS_MODEL"
 # predict reads and fills the decoded-image cache from this many images on. Below it,
 # decoding is about as fast as the cache lookup plus writing a new entry (measured:
-# docs/notes-predict-cache.md), and one-off sets of a few files would only fill the
-# cache with entries nobody reads again.
+# docs/benchmarks.md; decision: docs/design/decoded-image-cache.md), and one-off sets of
+# a few files would only fill the cache with entries nobody reads again.
 CACHE_MIN_IMAGES = 64
 LATEST = Path("runs") / "latest"
 MANIFEST_SUFFIXES = (".jsonl", ".json", ".ndjson")
