@@ -1044,22 +1044,33 @@ def test_faults_memory_errors_give_no_batch_size_advice_out_of_context():
 # ============================================================================ 14. FIFOs as model files
 @contextlib.contextmanager
 def _fifo_guard(fifo: Path):
-    """If the code under test opens the FIFO and blocks, a writer unblocks it after 20 s (the test then fails)."""
+    """A regression that blocks on the FIFO must fail, not hang the suite.
+
+    A pure-Python reader is unblocked by a writer thread after 20 s (the test then fails on
+    time); a reader inside native code that holds the GIL (safetensors) freezes every Python
+    thread, so faulthandler's C watchdog ends the run after 90 s with a traceback instead.
+    """
+    import faulthandler
+
     done = threading.Event()
 
     def unblock():
         if done.wait(20):
             return
-        while not done.wait(0.2):  # every open of the FIFO for reading gets a writer, and then end-of-file
+        while not done.wait(0.2):
             with contextlib.suppress(OSError):
                 fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
                 os.close(fd)
 
     thread = threading.Thread(target=unblock, daemon=True)
     thread.start()
+    faulthandler.dump_traceback_later(90, exit=True)
     started = time.monotonic()
-    yield
-    done.set()
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        done.set()
     assert time.monotonic() - started < 15, "blocked on the FIFO"
 
 
