@@ -215,13 +215,16 @@ def test_faults_output_to_dev_fd_writes_that_descriptor(tiny, tmp_path):
     assert read_jsonl(data.decode())[0]["format"] == "imgcls-manifest"
 
 
-def test_faults_output_to_dev_stdout_reaches_stdout_and_keeps_the_link(tiny, tmp_path):
-    before = os.readlink("/dev/stdout")
-    proc = subprocess.run([sys.executable, "-m", "imgcls", "-q", "prepare", str(tiny[0]), "-o", "/dev/stdout"],
+def test_faults_output_to_a_stdout_link_reaches_stdout_and_keeps_the_link(tiny, tmp_path):
+    # /dev/stdout itself is never touched (as root, a regression would replace it for the whole
+    # machine): a private link of the same kind, into /proc/self/fd/1, stands in for it.
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    proc = subprocess.run([sys.executable, "-m", "imgcls", "-q", "prepare", str(tiny[0]), "-o", str(link)],
                           capture_output=True, text=True, env=_proc_env(tmp_path), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert read_jsonl(proc.stdout)[0]["format"] == "imgcls-manifest"
-    assert os.path.islink("/dev/stdout") and os.readlink("/dev/stdout") == before
+    assert link.is_symlink() and os.readlink(link) == "/proc/self/fd/1"
 
 
 @pytest.mark.parametrize("dangling", [False, True])
