@@ -677,14 +677,17 @@ def augment_manifest(
     force: bool = False,
     in_process_below: int | None = None,
     progress: Callable[[int], None] | None = None,
+    emit: Callable[[dict, list[dict]], None] | None = None,
 ) -> tuple[dict, list[dict], AugmentPlan]:
     """Write augmented copies of the training images; return (header, records, plan).
 
     The records are the input records in order, each source followed by its copies.
     Images are written into a staging folder and moved into ``out_dir`` only when all are
-    written; on any failure the staging folder is removed and the error re-raised.
+    written and ``emit(header, records)`` (the command's stdout write) has succeeded; on
+    any failure the staging folder is removed and the error re-raised.
     """
-    from imgcls.derived import FORMATS, IN_PROCESS_BELOW, OutputDir, collect_results, record_keys, run_tasks
+    from imgcls.derived import (FORMATS, IN_PROCESS_BELOW, OutputDir, collect_results, finish_output, record_keys,
+                                run_tasks)
 
     output = OutputDir(out_dir, force=force)
     keys = record_keys(records)
@@ -697,8 +700,21 @@ def augment_manifest(
     output.make_dirs({rel.split("/")[0] for i in order for _, rel in plan.sources[i]})
     below = IN_PROCESS_BELOW if in_process_below is None else in_process_below
     stream = run_tasks(partial(augment_task, config), tasks, jobs, weight=max(1, copies), in_process_below=below)
-    results = collect_results(output, stream, order, "augmented", lambda i, j, info: plan.sources[i][j][1], progress)
+    results = collect_results(output, stream, order, "augmented", lambda i, j, info: plan.sources[i][j][1], progress,
+                              commit=False)
+    try:
+        new_header, out_records = _augmented_manifest(header, records, results, ops, copies, balance, per_class,
+                                                      seed, fill, fmt, output, plan)
+    except BaseException:
+        output.abort()
+        raise
+    finish_output(output, (lambda: emit(new_header, out_records)) if emit is not None else None)
+    return new_header, out_records, plan
 
+
+def _augmented_manifest(header: dict, records: list[dict], results: dict, ops: Sequence[OpSpec], copies: int,
+                        balance: bool, per_class: int | None, seed: int, fill: str, fmt: str, output: Any,
+                        plan: AugmentPlan) -> tuple[dict, list[dict]]:
     out_records: list[dict] = []
     for i, record in enumerate(records):
         out_records.append(record)
@@ -724,4 +740,4 @@ def augment_manifest(
         "out": str(output.path),
         "written": plan.total,
     }
-    return new_header, out_records, plan
+    return new_header, out_records

@@ -41,7 +41,6 @@ import os
 import sys
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -67,10 +66,22 @@ def default_cache_dir() -> Path:
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None, enabled: bool = True) -> Path | None:
-    """The cache folder to use, or None when caching is off (--no-cache)."""
+    """The cache folder to use, or None when caching is off (--no-cache).
+
+    ``--cache-dir`` and ``$IMGCLS_CACHE`` are treated alike: a path that exists but is
+    not a folder is refused (it would otherwise disable the cache without a word).
+    """
     if not enabled:
         return None
-    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    folder = default_cache_dir()
+    if folder.exists() and not folder.is_dir():
+        from imgcls.errors import UsageProblem
+
+        where = f"$IMGCLS_CACHE={os.environ['IMGCLS_CACHE']}" if os.environ.get("IMGCLS_CACHE") else str(folder)
+        raise UsageProblem(f"{where}: is not a folder; point it at a folder for the cache (or pass --no-cache)")
+    return folder
 
 
 def image_fingerprint(path: Path, sha256: str | None = None) -> str:
@@ -107,12 +118,14 @@ def load_entry(folder: Path, key: str) -> np.ndarray | None:
     if not data_path.exists() or not meta_path.exists():
         return None
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):  # null, [], "x", 1e999: valid JSON, but no sidecar
+            raise ValueError(f"sidecar is a JSON {type(meta).__name__}, not an object")
         array = np.load(data_path, mmap_mode="r", allow_pickle=False)
         if list(array.shape) != meta["shape"] or str(array.dtype) != meta["dtype"] or _crc(array) != meta["crc32"]:
             raise ValueError("contents do not match the sidecar")
         return array
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, json.JSONDecodeError) as exc:
         detail(f"cache entry {data_path} is damaged ({exc}); rebuilding it")
         return None
 
@@ -252,8 +265,10 @@ def decode_images(paths: Sequence[Path], image_size: int, channels: int, jobs: i
         for i, item in enumerate(work):
             out[i] = _decode_one(item)
         return out
+    from imgcls.signals import worker_pool
+
     chunk = max(16, len(work) // (jobs * 8))
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    with worker_pool(jobs) as pool:
         for i, array in enumerate(pool.map(_decode_one, work, chunksize=chunk)):
             out[i] = array
     return out

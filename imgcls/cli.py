@@ -17,8 +17,8 @@ import click
 
 from imgcls import __version__
 from imgcls.commands._common import common_options, reset_settings
-from imgcls.console import settings
-from imgcls.errors import ImgclsError, UsageProblem
+from imgcls.console import settings, visible
+from imgcls.errors import UsageProblem, describe_error
 
 # The pipeline order users think in; any other command module is listed after these.
 COMMAND_ORDER = ["prepare", "augment", "train", "finetune", "eval", "perturb", "predict"]
@@ -48,45 +48,45 @@ class ImgclsGroup(click.Group):
 
     def main(self, *args, **kwargs):
         reset_settings()
-        return super().main(*args, **kwargs)
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as exc:
+            # A signal while click parses the command line ends as click's "Aborted!" (status 1):
+            # give it the signal's status, as everywhere else.
+            from imgcls import signals
+
+            received = signals.received()
+            if received is not None and exc.code == 1:
+                sys.exit(128 + received)
+            raise
 
     def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except UsageProblem as exc:
-            if settings.debug:
+        from imgcls import signals
+
+        with signals.policy():  # SIGINT/SIGTERM/SIGHUP: clean up, exit 128 + signal (imgcls.signals)
+            try:
+                return super().invoke(ctx)
+            except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
                 raise
-            raise click.UsageError(str(exc), ctx=click.get_current_context(silent=True) or ctx) from None
-        except ImgclsError as exc:
-            if settings.debug:
-                raise
-            raise click.ClickException(str(exc)) from None
-        except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
-            raise
-        except KeyboardInterrupt:
-            click.echo("imgcls: interrupted", err=True)
-            sys.exit(130)
-        except BrokenPipeError:
-            # A closed reader (`| head`) is not an error worth a message.
-            _silence_stdout()
-            sys.exit(0)
-        except OSError as exc:
-            # A file-system problem (no such folder, permission, disk full) is the user's to
-            # fix, not an internal error: name the path and the reason.
-            if settings.debug:
-                raise
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise click.ClickException(f"{exc.filename}: {reason}" if exc.filename else reason) from None
-        except MemoryError:
-            if settings.debug:
-                raise
-            raise click.ClickException("out of memory: try a smaller --batch-size or --image-size") from None
-        except Exception as exc:  # noqa: BLE001 - the last line of defence for users
-            if settings.debug:
-                raise
-            raise click.ClickException(
-                f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
-            ) from None
+            except BrokenPipeError:
+                # A closed reader (`| head`) is not an error worth a message; the status says
+                # what a default SIGPIPE would (128 + 13), so `set -o pipefail` still sees it.
+                _silence_stdout()
+                sys.exit(141)
+            except KeyboardInterrupt as exc:
+                description = describe_error(exc)
+                click.echo(f"imgcls: {description.message}", err=True)
+                sys.exit(description.code)
+            except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+                if settings.debug:
+                    raise
+                description = describe_error(exc)
+                message = visible(description.message)
+                if description.internal:
+                    message = f"internal error: {message} (rerun with --debug for the traceback)"
+                if description.code == 2:
+                    raise click.UsageError(message, ctx=click.get_current_context(silent=True) or ctx) from None
+                raise click.ClickException(message) from None
 
 
 def _usage_errors_in_context(invoke):
@@ -98,7 +98,7 @@ def _usage_errors_in_context(invoke):
         except UsageProblem as exc:
             if settings.debug:
                 raise
-            raise click.UsageError(str(exc), ctx=ctx) from None
+            raise click.UsageError(visible(str(exc)), ctx=ctx) from None
 
     return wrapped
 
@@ -124,12 +124,16 @@ def cli() -> None:
       imgcls prepare flowers/ | imgcls train --arch densenet121 --freeze | imgcls eval
 
     Data goes to stdout, messages and progress to stderr. Exit status: 0 success,
-    1 bad data or files, 2 bad usage, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
+    1 bad data or files, 2 bad usage, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM,
+    129 by SIGHUP: every command cleans up first (no partial output is left).
     """
 
 
 def main(args: list[str] | None = None, prog_name: str = "imgcls") -> None:
-    """Console-script entry point."""
+    """Console-script entry point (``imgcls.__main__.main`` installs the signal policy before importing this)."""
+    from imgcls import signals
+
+    signals.install()
     if hasattr(signal, "SIGPIPE"):
         # `imgcls prepare d/ | head` should end quietly, as Unix tools do.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)

@@ -8,13 +8,17 @@ Shared by ``imgcls augment`` and ``imgcls perturb`` (Pillow and NumPy only, neve
 * File names are made from that identity hash and fixed words only (class *indices*,
   family names), never from a label or a path, so nothing can escape ``--out``.
 * Images are encoded in memory, hashed and written into a hidden staging folder inside
-  ``--out`` (``.partial-<pid>-<random>``); only when every image is written are the staging
-  folder's subfolders renamed into place (one rename per class or family folder, or per
-  file when merging into an existing folder with ``--force``). So the output appears
-  complete or not at all, a failed or interrupted run leaves nothing (the staging folder
-  is removed), and files already in ``--out`` are never touched by a failed run. This
-  also costs one file creation per image instead of a create plus a rename, which on
-  ext4 is most of the time spent per small image.
+  ``--out`` (``.partial-<pid>-<random>``); only when every image is written, and the
+  manifest naming them has been written to stdout, are the staging folder's subfolders
+  renamed into place (one rename per class or family folder, or per file when merging
+  into an existing folder with ``--force``). So the output appears complete or not at
+  all: a failed, interrupted (Ctrl-C, SIGTERM, SIGHUP) or killed run, or one whose final
+  stdout write fails (a full disk, a closed pipe), leaves nothing, and files already in
+  ``--out`` are never touched by a failed run. The staging folder of a run killed with
+  ``kill -9`` (its process id no longer runs) is removed by the next run on that folder;
+  one of a run still going is left alone, and the new run is refused. This also costs
+  one file creation per image instead of a create plus a rename, which on ext4 is most
+  of the time spent per small image.
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from imgcls.errors import DataError, ImgclsError, UsageProblem
+from imgcls.fsutil import pid_alive
 
 FORMATS = {"png": ".png", "jpg": ".jpg"}
 
@@ -40,6 +44,9 @@ SAFE_NAME = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_-]*/)*[A-Za-z0-9_][A-Za-z0-9_
 
 # Below this many output images a run stays in-process: starting workers costs more.
 IN_PROCESS_BELOW = 1000
+
+# The staging folder of a run: .partial-<pid>-<8 hex digits>
+PARTIAL = re.compile(r"\.partial-(?P<pid>\d+)-[0-9a-f]{8}")
 
 
 def usable_cpus() -> int:
@@ -153,12 +160,22 @@ class OutputDir:
                 entries = list(self.path.iterdir())
             except OSError as exc:
                 raise DataError(f"--out {path}: cannot read folder: {exc.strerror or exc}") from None
-            if entries and not force:
-                leftover = any(e.name.startswith(".partial-") for e in entries)
+            kept = []
+            for entry in entries:
+                match = PARTIAL.fullmatch(entry.name)
+                if match is None:
+                    kept.append(entry)
+                elif pid_alive(int(match["pid"])):
+                    raise ImgclsError(f"--out {path}: another imgcls process (pid {match['pid']}) is writing into this "
+                                      f"folder right now ({entry.name}); wait for it to finish or choose another folder")
+                else:  # left by a run that was killed (kill -9, power loss): ours to remove
+                    import shutil
+
+                    shutil.rmtree(entry, ignore_errors=True)
+            if kept and not force:
                 raise ImgclsError(
                     f"--out {path}: folder is not empty"
-                    + (" (a .partial-* folder is left from an interrupted run: delete it)" if leftover else "")
-                    + "; choose a new folder or pass --force to write into it (files with the same names are replaced)"
+                    "; choose a new folder or pass --force to write into it (files with the same names are replaced)"
                 )
         self.staging = self.path / f".partial-{os.getpid()}-{os.urandom(4).hex()}"
         self._staging = str(self.staging)
@@ -244,22 +261,25 @@ def run_tasks(
         for task in tasks:
             yield worker(task)
         return
+    from imgcls.signals import worker_pool
+
     jobs = min(jobs, len(tasks))
     chunksize = max(1, min(64, len(tasks) // (jobs * 8) or 1))
-    executor = ProcessPoolExecutor(max_workers=jobs)
-    try:
+    # Workers die with this process (kill -9 included); an error, a signal or a consumer that
+    # stops early terminates them before anything staged is removed.
+    with worker_pool(jobs) as executor:
         yield from executor.map(worker, tasks, chunksize=chunksize)
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def collect_results(output: OutputDir, stream: Any, indices: Sequence[int], what: str,
                     place: Callable[[int, int, dict[str, Any]], str],
-                    progress: Callable[[int], None] | None = None) -> dict[int, list[dict[str, Any]]]:
+                    progress: Callable[[int], None] | None = None,
+                    commit: bool = True) -> dict[int, list[dict[str, Any]]]:
     """Gather the workers' results in input order and commit the output: all of it, or none.
 
     ``place(i, j, info)`` is the final relative name of the j-th image written for input i.
     A worker's error (a dict), a dead worker or an interruption removes everything staged.
+    ``commit=False`` leaves the staged output to the caller (:func:`finish_output`).
     """
     from concurrent.futures.process import BrokenProcessPool
 
@@ -280,11 +300,31 @@ def collect_results(output: OutputDir, stream: Any, indices: Sequence[int], what
         output.abort()
         raise DataError(f"a worker process died (out of memory?); no {what} images were kept; try --jobs 1") from None
     except BaseException:
-        stream.close()  # cancel queued work and wait for running workers before removing files
+        stream.close()  # stop the workers (queued work dropped) before removing files
+        output.abort()
+        raise
+    if commit:
+        output.commit()
+    return results
+
+
+def finish_output(output: OutputDir, emit: Callable[[], None] | None) -> None:
+    """Write the manifest (``emit``), then move the staged images into place; any failure removes them.
+
+    The manifest comes first so that a failed final write (a full disk behind stdout, a
+    closed pipe, a name that cannot be encoded) leaves no images behind either; readers of
+    a pipe see end-of-file only after the images are in place, when this process exits.
+    """
+    from imgcls import signals
+
+    try:
+        if emit is not None:
+            with signals.pipe_errors():  # a closed stdout raises here instead of killing the process
+                emit()
+    except BaseException:
         output.abort()
         raise
     output.commit()
-    return results
 
 
 def parse_int_list(text: str, option: str, low: int, high: int) -> list[int]:

@@ -34,3 +34,86 @@ class ModelError(ImgclsError):
 
 class WeightsError(ModelError):
     """Pretrained weights cannot be found or do not fit the architecture."""
+
+
+class OutputError(ImgclsError):
+    """An output file cannot be written where the user asked (named as the user gave it)."""
+
+
+class Stopped(KeyboardInterrupt):
+    """A signal (SIGINT, SIGTERM, SIGHUP) asked the command to stop: clean up, exit 128 + signum.
+
+    A KeyboardInterrupt, so every ``except KeyboardInterrupt`` (the training loop's clean
+    stop, the cleanup of staged outputs) treats SIGTERM and SIGHUP exactly like Ctrl-C.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def brief(exc: BaseException | str, limit: int = 200) -> str:
+    """The first line of an exception's message, cut at a word boundary (never mid-word)."""
+    text = str(exc).strip()
+    line = (text.splitlines() or [""])[0].strip()
+    if not line and isinstance(exc, BaseException):
+        line = type(exc).__name__
+    if len(line) <= limit:
+        return line
+    cut = line[:limit]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:(") + " ..."
+
+
+class ErrorDescription:
+    """How the CLI (and every torchrun rank) reports an exception: exit status and one line."""
+
+    __slots__ = ("code", "message", "internal")
+
+    def __init__(self, code: int, message: str, internal: bool = False):
+        self.code, self.message, self.internal = code, message, internal
+
+    def __iter__(self):  # code, message = describe_error(exc)
+        return iter((self.code, self.message))
+
+
+MEMORY_MESSAGE = ("out of memory: this command needs more memory than is free here "
+                  "(rerun with --debug to see where)")
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def describe_error(exc: BaseException) -> ErrorDescription:
+    """The one mapping from an exception to (exit status, one line) used by the CLI and by DDP ranks.
+
+    ``internal`` marks a failure that is imgcls' own fault (a bug): the CLI adds the
+    "internal error ... --debug" frame around ``message``.
+    """
+    if isinstance(exc, Stopped):
+        what = "interrupted" if exc.signum == 2 else f"stopped by {signal_name(exc.signum)}"
+        return ErrorDescription(exc.exit_code, what)
+    if isinstance(exc, KeyboardInterrupt):
+        return ErrorDescription(130, "interrupted")
+    if isinstance(exc, UsageProblem):
+        return ErrorDescription(2, str(exc))
+    if isinstance(exc, ImgclsError):
+        return ErrorDescription(exc.exit_code, str(exc))
+    if isinstance(exc, MemoryError):
+        return ErrorDescription(1, MEMORY_MESSAGE)
+    if isinstance(exc, OSError):
+        reason = exc.strerror or brief(exc)
+        return ErrorDescription(1, f"{exc.filename}: {reason}" if exc.filename else reason)
+    return ErrorDescription(1, f"{type(exc).__name__}: {brief(exc, 300)}", internal=True)

@@ -111,16 +111,54 @@ def _check_names_cover(names: list[str], labels: np.ndarray, where: str) -> None
 
 
 # ---------------------------------------------------------------------------- readers
-def _read_maybe_gzip(path: Path) -> bytes:
-    """The bytes of ``path``, decompressed when it is gzip (detected by content, not name)."""
+def _idx_limit() -> int:
+    """The most bytes of images one IDX file may hold: half the memory free now (at least 256 MiB)."""
+    from imgcls.memory import available_bytes
+
+    free = available_bytes() or (8 << 30)
+    return max(256 << 20, free // 2)
+
+
+def _read_exact(fh, n: int, path: Path, what: str) -> bytes:
+    data = fh.read(n)
+    if len(data) < n:
+        raise DataError(f"{path}: truncated IDX {what}")
+    return data
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """An IDX file (http://yann.lecun.com/exdb/mnist/) as a numpy array; only unsigned bytes.
+
+    Gzipped files (detected by content, not name) are inflated as a stream, and never
+    beyond what the header announces: a small file that inflates to gigabytes is refused
+    after reading one byte more than its header's size.
+    """
+    path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            magic = fh.read(2)
-            fh.seek(0)
-            if magic == b"\x1f\x8b":
-                with gzip.GzipFile(fileobj=fh) as gz:
-                    return gz.read()
-            return fh.read()
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            fh = gzip.GzipFile(fileobj=raw) if gzipped else raw
+            head = fh.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise DataError(f"{path}: not an IDX file (bad magic number)")
+            dtype, ndim = head[2], head[3]
+            if dtype != 0x08:
+                raise DataError(f"{path}: IDX data type 0x{dtype:02x} is not supported (only unsigned bytes, 0x08)")
+            if ndim < 1:
+                raise DataError(f"{path}: truncated IDX header")
+            header = _read_exact(fh, 4 * ndim, path, "header")
+            dims = [int.from_bytes(header[4 * k: 4 + 4 * k], "big") for k in range(ndim)]
+            expected = int(np.prod(dims, dtype=object))
+            limit = _idx_limit()
+            if expected > limit:
+                from imgcls.memory import format_bytes
+
+                raise DataError(f"{path}: IDX header says {'x'.join(map(str, dims))} = {format_bytes(expected)} of "
+                                f"images, more than the {format_bytes(limit)} this machine can hold now")
+            data = fh.read(expected + 1)
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -129,27 +167,12 @@ def _read_maybe_gzip(path: Path) -> bytes:
         raise DataError(f"{path}: permission denied") from None
     except (gzip.BadGzipFile, EOFError, OSError, ValueError, zlib.error) as exc:
         raise DataError(f"{path}: corrupt or truncated gzip file ({exc})") from None
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """An IDX file (http://yann.lecun.com/exdb/mnist/) as a numpy array; only unsigned bytes."""
-    path = Path(path)
-    data = _read_maybe_gzip(path)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path}: not an IDX file (bad magic number)")
-    dtype, ndim = data[2], data[3]
-    if dtype != 0x08:
-        raise DataError(f"{path}: IDX data type 0x{dtype:02x} is not supported (only unsigned bytes, 0x08)")
-    if ndim < 1 or len(data) < 4 + 4 * ndim:
-        raise DataError(f"{path}: truncated IDX header")
-    dims = [int.from_bytes(data[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim)]
-    offset = 4 + 4 * ndim
-    expected = int(np.prod(dims, dtype=np.int64))
-    if len(data) - offset != expected:
-        what = "truncated" if len(data) - offset < expected else "has trailing bytes"
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "has trailing bytes"
+        found = f"found {len(data)}" if len(data) < expected else "found more"
         raise DataError(f"{path}: IDX file {what}: header says {'x'.join(map(str, dims))} "
-                        f"= {expected} bytes, found {len(data) - offset}")
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+                        f"= {expected} bytes, {found}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def _idx_role_and_stem(path: Path) -> tuple[str, str]:
@@ -276,9 +299,19 @@ def _str_keys(obj: Any, where: str) -> dict[str, Any]:
 
 
 def _names(value: Any, where: str) -> list[str]:
+    """Class names from a CIFAR meta file, as folder names; two names that make one folder are refused."""
     if not isinstance(value, (list, tuple)) or not value:
         raise DataError(f"{where}: class names are not a list")
-    return [_safe_folder_name(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)) for v in value]
+    raw = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in value]
+    names = [_safe_folder_name(v) for v in raw]
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            j = first[name]
+            raise DataError(f"{where}: class names {raw[j]!r} (label {j}) and {raw[i]!r} (label {i}) both make the "
+                            f"folder name {name!r}; name the classes with --class-names A,B,...")
+        first[name] = i
+    return names
 
 
 _CIFAR_BATCH = re.compile(r"^(data_batch_\d+|test_batch|train|test)$")
@@ -424,9 +457,9 @@ def _write_all(paths: list[str], arrays: list[np.ndarray], jobs: int | None) -> 
         for t in tasks:
             _write_chunk(t)
         return
-    from concurrent.futures import ProcessPoolExecutor
+    from imgcls.signals import worker_pool
 
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
+    with worker_pool(min(jobs, len(tasks))) as pool:
         for _ in pool.map(_write_chunk, tasks):
             pass
 
@@ -457,6 +490,21 @@ def _count_pngs(dest: Path) -> Counter:
 def _is_empty_dir(path: Path) -> bool:
     with os.scandir(path) as it:
         return next(it, None) is None
+
+
+def _remove_stale_staging(dest: Path) -> None:
+    """Staging folders beside DEST left by imports that were killed (their process no longer runs)."""
+    from imgcls.fsutil import pid_alive
+
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.imgcls-import-(\d+)-[0-9a-f]{{8}}")
+    try:
+        entries = list(os.scandir(dest.parent))
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match and not pid_alive(int(match.group(1))):
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def materialise(parts: list[Part], class_names: list[str], dest: str | os.PathLike, key: dict[str, Any],
@@ -490,7 +538,8 @@ def materialise(parts: list[Part], class_names: list[str], dest: str | os.PathLi
         target = dest
         staging = None
     else:
-        staging = dest.parent / f".{dest.name}.imgcls-import-{secrets.token_hex(4)}"
+        _remove_stale_staging(dest)
+        staging = dest.parent / f".{dest.name}.imgcls-import-{os.getpid()}-{secrets.token_hex(4)}"
         target = staging
     try:
         target.mkdir(parents=True, exist_ok=True)

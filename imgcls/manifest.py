@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -49,6 +51,70 @@ NO_HEADER_HINT = (
 
 Record = dict[str, Any]
 Header = dict[str, Any]
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not JSON (use null)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise _NotJson(f"{text} is out of range for a JSON number")
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _lone_surrogate_field(obj: Any, key: str | None = None) -> str | None:
+    """The first field (top-level key) whose value or name is not valid Unicode, or None."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return key or "a value"
+        return None
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found = _lone_surrogate_field(k, key or k) or _lone_surrogate_field(v, key or k)
+            if found:
+                return found
+    elif isinstance(obj, list):
+        for v in obj:
+            found = _lone_surrogate_field(v, key)
+            if found:
+                return found
+    return None
+
+
+def parse_line(text: str, where: str) -> Any:
+    """One manifest line as a JSON value; anything a strict JSON reader refuses is a ManifestError naming ``where``.
+
+    Refused: invalid JSON; NaN, Infinity and numbers out of range (not JSON, and they
+    would be written back as non-standard JSON); nesting deeper than Python can follow;
+    strings with lone surrogates (``"\\ud800"``: not Unicode, cannot be written as UTF-8).
+    """
+    try:
+        obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _NotJson as exc:
+        raise ManifestError(f"{where}: not valid JSON ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+    except RecursionError:
+        raise ManifestError(f"{where}: nested too deeply to be a manifest line") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise ManifestError(f"{where}: not valid JSON ({exc})") from None
+    if _SURROGATE_ESCAPE.search(text):
+        field = _lone_surrogate_field(obj)
+        if field is not None:
+            raise ManifestError(f"{where}: {json.dumps(field)} holds a lone surrogate (\\ud800-\\udfff): "
+                                f"not valid Unicode text")
+    return obj
 
 
 def make_header(classes: Iterable[str], **facts: Any) -> Header:
@@ -90,6 +156,8 @@ def check_record(obj: Any, where: str) -> Record:
         if "format" in obj:
             raise ManifestError(f"{where}: not an imgcls manifest header (format {obj.get('format')!r})")
         raise ManifestError(f"{where}: record has no \"path\"")
+    if "\0" in path:
+        raise ManifestError(f"{where}: \"path\" holds a NUL byte (no file name can)")
     label = obj.get("label")
     if label is not None and (not isinstance(label, str) or not label):
         raise ManifestError(f"{where}: \"label\" must be a non-empty string (or absent for unlabelled images)")
@@ -122,7 +190,7 @@ class ManifestReader:
             self.name = name or str(path)
             self.base_dir = path.resolve().parent
             try:
-                self._stream: TextIO = open(path, encoding="utf-8", newline=None)
+                self._stream: Any = open(path, "rb")
             except FileNotFoundError:
                 raise ManifestError(f"{self.name}: no such manifest file") from None
             except IsADirectoryError:
@@ -136,7 +204,8 @@ class ManifestReader:
             stream = sys.stdin if str(source) == "-" else source
             self.name = name or "<stdin>"
             self.base_dir = Path.cwd()
-            self._stream = stream  # type: ignore[assignment]
+            # bytes, decoded line by line: an error names its own line, not the start of a read-ahead block
+            self._stream = getattr(stream, "buffer", None) or stream
         self.lineno = 0
         self.header: Header | None = None
         self._pending: tuple[int, Any] | None = None
@@ -147,19 +216,23 @@ class ManifestReader:
         while True:
             try:
                 line = self._stream.readline()
-            except UnicodeDecodeError:
+            except UnicodeDecodeError:  # a text stream given by the caller
                 raise ManifestError(f"{self.name}:{self.lineno + 1}: not UTF-8 text (is this a manifest?)") from None
             if not line:
                 return
             self.lineno += 1
+            if isinstance(line, bytes):
+                try:
+                    line = line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ManifestError(f"{self.name}:{self.lineno}: not UTF-8 text (byte {exc.start + 1} of the "
+                                        f"line; is this a manifest?)") from None
+            if self.lineno == 1 and line.startswith("\ufeff"):
+                line = line[1:]  # a byte-order mark, as some Windows editors write
             text = line.strip()
             if not text:
                 continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{self.name}:{self.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
-            yield self.lineno, obj
+            yield self.lineno, parse_line(text, f"{self.name}:{self.lineno}")
 
     def _read_header(self) -> None:
         self._iter = self._lines()
@@ -245,41 +318,66 @@ def read_all(source: str | os.PathLike | TextIO, name: str | None = None) -> tup
     return header, records, reader
 
 
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN or Infinity: non-finite floats become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def dumps(obj: dict) -> str:
-    """One compact manifest line (no trailing newline); non-ASCII kept readable."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    """One compact manifest line (no trailing newline); non-ASCII kept readable; always standard JSON."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # a NaN or infinity somewhere: null, as JSON has no such numbers
+        return json.dumps(_finite(obj), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 class ManifestWriter:
-    """Writes a header and records to a file (atomically) or to stdout (``"-"``).
+    """Writes a header and records to a file, a device or stdout (``"-"``) through :class:`imgcls.fsutil.OutputFile`.
 
-    A file destination is written to a temporary file beside it and renamed into
-    place on a clean close, so a failure never leaves a half-written manifest.
+    A regular file is written to a temporary file beside it and renamed into place on a
+    clean close, so a failure never leaves a half-written manifest; a FIFO, a terminal,
+    ``/dev/stdout`` or ``/dev/fd/N`` is written through. ``option`` names the option in
+    errors; ``inputs`` are files the command reads, which the output must not replace.
     """
 
-    def __init__(self, dest: str | os.PathLike | TextIO, header: Header | None = None):
-        self._tmp: Path | None = None
-        self._dest: Path | None = None
-        if isinstance(dest, (str, os.PathLike)) and str(dest) != "-":
-            from imgcls.fsutil import temp_path_for
+    def __init__(self, dest: Any, header: Header | None = None, *, option: str | None = None,
+                 inputs: Iterable[str | os.PathLike] = ()):
+        from imgcls.fsutil import OutputFile, OutputTarget
 
-            self._dest = Path(dest)
-            self._tmp = temp_path_for(self._dest)
-            self._stream: TextIO = open(self._tmp, "w", encoding="utf-8", newline="\n")
+        self._out: OutputFile | None = None
+        if isinstance(dest, (str, os.PathLike, OutputTarget)):
+            self._out = OutputFile(dest, option=option, inputs=inputs)
+            self._stream: Any = self._out
         else:
-            self._stream = sys.stdout if str(dest) == "-" else dest  # type: ignore[assignment]
+            self._stream = dest
         self.count = 0
         if header is not None:
             self.write_header(header)
+
+    def _write(self, line: str, what: Any) -> None:
+        try:
+            self._stream.write(line)
+        except UnicodeEncodeError:
+            self.close(ok=False)
+            from imgcls.errors import DataError
+
+            raise DataError(f"{what!r}: holds text that is not valid Unicode (a lone surrogate): "
+                            f"it cannot be written to a UTF-8 manifest") from None
 
     def write_header(self, header: Header) -> None:
         clean = {k: v for k, v in header.items() if not k.startswith("_")}
         clean.setdefault("format", FORMAT)
         clean.setdefault("version", VERSION)
-        self._stream.write(dumps(clean) + "\n")
+        self._write(dumps(clean) + "\n", "the manifest header")
 
     def write(self, record: Record) -> None:
-        self._stream.write(dumps(record) + "\n")
+        self._write(dumps(record) + "\n", record.get("path"))
         self.count += 1
 
     def write_all(self, records: Iterable[Record]) -> None:
@@ -287,24 +385,13 @@ class ManifestWriter:
             self.write(record)
 
     def close(self, ok: bool = True) -> None:
-        if self._tmp is None:
+        if self._out is None:
             self._stream.flush()
             return
-        if self._stream.closed:
-            return
-        try:
-            if ok:
-                self._stream.flush()
-                os.fsync(self._stream.fileno())
-            self._stream.close()
-            if ok:
-                from imgcls.fsutil import _match_permissions
-
-                _match_permissions(self._tmp, self._dest)  # type: ignore[arg-type]
-                os.replace(self._tmp, self._dest)  # type: ignore[arg-type]
-        finally:
-            if self._tmp.exists():
-                self._tmp.unlink()
+        if ok:
+            self._out.commit()
+        else:
+            self._out.abort()
 
     def __enter__(self) -> ManifestWriter:
         return self
@@ -313,9 +400,10 @@ class ManifestWriter:
         self.close(ok=exc_type is None)
 
 
-def write_manifest(dest: str | os.PathLike | TextIO, header: Header | None, records: Iterable[Record]) -> int:
-    """Write a complete manifest; returns the number of records written."""
-    with ManifestWriter(dest, header) as writer:
+def write_manifest(dest: Any, header: Header | None, records: Iterable[Record], *, option: str | None = None,
+                   inputs: Iterable[str | os.PathLike] = ()) -> int:
+    """Write a complete manifest; returns the number of records written (see :class:`ManifestWriter`)."""
+    with ManifestWriter(dest, header, option=option, inputs=inputs) as writer:
         writer.write_all(records)
     return writer.count
 

@@ -43,3 +43,54 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _done = all(mallopt(param, value) == 1 for param, value in SETTINGS)
     return _done
+
+
+def _cgroup_limit() -> int | None:
+    """The memory limit of this process's cgroup (v2, then v1), if one is set."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as fh:
+                text = fh.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < (1 << 60):
+            return int(text)
+    return None
+
+
+def total_bytes() -> int | None:
+    """Physical memory this process may use: the machine's RAM, or its cgroup's limit when lower."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = None
+    limit = _cgroup_limit()
+    if total is None:
+        return limit
+    return min(total, limit) if limit else total
+
+
+def available_bytes() -> int | None:
+    """Memory free for a new allocation now (MemAvailable), bounded by the total this process may use."""
+    available = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    total = total_bytes()
+    if available is None:
+        return total
+    return min(available, total) if total else available
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'; for messages about memory."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover

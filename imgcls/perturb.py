@@ -408,15 +408,17 @@ def perturb_manifest(
     force: bool = False,
     in_process_below: int | None = None,
     progress: Callable[[int], None] | None = None,
+    emit: Callable[[dict, list[dict]], None] | None = None,
 ) -> tuple[dict, list[dict], int]:
     """Write perturbed copies of the selected records; return (header, records, images written).
 
     Output records: for each selected record in input order, the clean record (unless
     ``clean`` is False) followed by its perturbed versions. Other records are left out.
     Images are written into a staging folder and moved into ``out_dir`` only when all are
-    written; on any failure the staging folder is removed and the error re-raised.
+    written and ``emit(header, records)`` (the command's stdout write) has succeeded; on
+    any failure the staging folder is removed and the error re-raised.
     """
-    from imgcls.derived import IN_PROCESS_BELOW, OutputDir, collect_results, record_keys, run_tasks
+    from imgcls.derived import IN_PROCESS_BELOW, OutputDir, collect_results, finish_output, record_keys, run_tasks
     from imgcls.errors import DataError
 
     output = OutputDir(out_dir, force=force)
@@ -437,8 +439,21 @@ def perturb_manifest(
     below = IN_PROCESS_BELOW if in_process_below is None else in_process_below
     stream = run_tasks(partial(perturb_task, config), tasks, jobs, weight=len(pairs), in_process_below=below)
     results = collect_results(output, stream, chosen, "perturbed",
-                              lambda i, j, info: f"{info['perturbation']}/{info['severity']}/{keys[i]}.png", progress)
+                              lambda i, j, info: f"{info['perturbation']}/{info['severity']}/{keys[i]}.png", progress,
+                              commit=False)
+    try:
+        new_header, out_records = _perturbed_manifest(header, records, results, chosen, clean, families, severities,
+                                                      split, seed, fill, output, written)
+    except BaseException:
+        output.abort()
+        raise
+    finish_output(output, (lambda: emit(new_header, out_records)) if emit is not None else None)
+    return new_header, out_records, written
 
+
+def _perturbed_manifest(header: dict, records: list[dict], results: dict, chosen: list[int], clean: bool,
+                        families: Sequence[str], severities: Sequence[int], split: str, seed: int, fill: str,
+                        output: Any, written: int) -> tuple[dict, list[dict]]:
     out_records: list[dict] = []
     for i in chosen:
         record = records[i]
@@ -462,4 +477,4 @@ def perturb_manifest(
         "out": str(output.path),
         "written": written,
     }
-    return new_header, out_records, written
+    return new_header, out_records

@@ -168,6 +168,17 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def _is_text(name: str) -> bool:
+    """False for names holding undecodable bytes (os.fsdecode's surrogate escapes)."""
+    if name.isascii():
+        return True
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Scanner:
     """Walks SRC folders following symlinks, refusing to loop, counting what it skips."""
 
@@ -214,8 +225,14 @@ class _Scanner:
             if suffix not in IMAGE_EXTENSIONS:
                 self.stats.non_image[suffix or "(none)"] += 1
                 continue
-            yield Item(path=os.path.abspath(entry.path), label=label, split=split,
-                       fixed_from="folders" if split else None)
+            path = os.path.abspath(entry.path)
+            if not _is_text(path):
+                # bytes that are not UTF-8 in the name: a manifest (JSON text) cannot hold it
+                shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+                self.rejects.append(Reject(shown, "bad-name", "file or folder name is not valid UTF-8; rename it",
+                                           label if _is_text(label) else None))
+                continue
+            yield Item(path=path, label=label, split=split, fixed_from="folders" if split else None)
 
     def scan_folder(self, src: Path) -> list[Item]:
         entries = self.entries(src)
@@ -348,19 +365,15 @@ def check_files(paths: Sequence[str], jobs: int | None = None,
             if progress and (i % 100 == 0 or i == total):
                 progress(i, total)
         return results, 1
-    from concurrent.futures import ProcessPoolExecutor
+    from imgcls.signals import worker_pool
 
     jobs = min(jobs, total)
     chunksize = max(1, min(256, total // (jobs * 8)))
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        try:
-            for i, result in enumerate(pool.map(_check_one, paths, chunksize=chunksize), 1):
-                results.append(result)
-                if progress and (i % 100 == 0 or i == total):
-                    progress(i, total)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    with worker_pool(jobs) as pool:  # workers die with this process, and stop at once on an error or signal
+        for i, result in enumerate(pool.map(_check_one, paths, chunksize=chunksize), 1):
+            results.append(result)
+            if progress and (i % 100 == 0 or i == total):
+                progress(i, total)
     return results, jobs
 
 

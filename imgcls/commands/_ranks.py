@@ -43,26 +43,24 @@ def distributed_launch() -> bool:
 
 
 def _describe(exc: BaseException) -> tuple[int, str, bool]:
-    """Exit status, one line, and whether this rank only lost contact with another that failed."""
-    from imgcls.errors import ImgclsError, UsageProblem
+    """Exit status, one line, and whether this rank only lost contact with another that failed.
 
-    if isinstance(exc, KeyboardInterrupt):
-        return 130, "interrupted", False
-    if isinstance(exc, UsageProblem):
-        return 2, str(exc), False
-    if isinstance(exc, ImgclsError):
-        return 1, str(exc), False
-    if isinstance(exc, MemoryError):
-        return 1, "out of memory: try a smaller --batch-size or --image-size", False
-    text = (str(exc).strip().splitlines() or [""])[0]
-    lowered = f"{type(exc).__name__} {text}".lower()
-    if any(word in lowered for word in ("disterror", "distbackenderror", "distnetworkerror", "gloo", "nccl",
-                                        "connection closed", "connection reset", "broken pipe", "timed out")):
-        # gloo: "[.../pair.cc:545] Read error [127.0.0.1]:51096: Connection reset by peer. This is typically ..."
-        text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", text).split(". ")[0][:200]
-        return 1, (f"lost contact with the other ranks ({text}); another rank probably failed first: "
-                   f"see its message"), True
-    return 1, f"{type(exc).__name__}: {text[:300]}", False
+    The status and line are the CLI's own (:func:`imgcls.errors.describe_error`); a lost
+    connection to a peer is told apart, because it is never the root cause.
+    """
+    from imgcls.errors import ImgclsError, describe_error
+
+    if not isinstance(exc, (KeyboardInterrupt, ImgclsError, MemoryError)):
+        text = (str(exc).strip().splitlines() or [""])[0]
+        lowered = f"{type(exc).__name__} {text}".lower()
+        if any(word in lowered for word in ("disterror", "distbackenderror", "distnetworkerror", "gloo", "nccl",
+                                            "connection closed", "connection reset", "broken pipe", "timed out")):
+            # gloo: "[.../pair.cc:545] Read error [127.0.0.1]:51096: Connection reset by peer. This is typically ..."
+            text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", text).split(". ")[0][:200]
+            return 1, (f"lost contact with the other ranks ({text}); another rank probably failed first: "
+                       f"see its message"), True
+    description = describe_error(exc)
+    return description.code, description.message, False
 
 
 def _record_for_torchrun(message: str, secondary: bool) -> None:
@@ -103,8 +101,10 @@ def rank_guard(command: str) -> Iterator[None]:
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure must end this rank, loudly and at once
+        from imgcls.console import visible
+
         code, message, secondary = _describe(exc)
-        line = f"imgcls {command}: rank {rank} failed: {message}"
+        line = f"imgcls {command}: rank {rank} failed: {visible(message)}"
         print(line, file=real_err, flush=True)
         _record_for_torchrun(line, secondary)
         if settings.debug:

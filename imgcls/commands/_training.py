@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -163,7 +163,20 @@ def parse_floats_option(value: str | None, name: str) -> list[float] | None:
     return parse_floats(value, name)
 
 
-def emit_manifest(output: str, header: dict, records: list, model_path: Any, run_dir: Any) -> None:
+def check_run_outputs(output: str, out: str | None, manifest: str | None) -> None:
+    """Before reading or decoding anything: -o can be written (and is not the input manifest), --out can be the run."""
+    from imgcls.fsutil import check_output
+
+    if output != "-":
+        check_output(output, "-o", inputs=[manifest] if manifest else ())
+    if out is not None:
+        from imgcls.training.rundir import RunDir
+
+        RunDir.check_new(out)
+
+
+def emit_manifest(output: str, header: dict, records: list, model_path: Any, run_dir: Any,
+                  inputs: Sequence[str] = ()) -> None:
     """The input manifest, passed through, with the model and run recorded in the header."""
     from pathlib import Path
 
@@ -177,7 +190,7 @@ def emit_manifest(output: str, header: dict, records: list, model_path: Any, run
         info(f"model: {out_header['model']} (stdout is a terminal: the manifest is not printed; pipe it on, "
              f"e.g. | imgcls eval)")
         return
-    write_manifest(output, out_header, records)
+    write_manifest(output, out_header, records, option="-o", inputs=inputs)
 
 
 def report_result(result: Any, command: str) -> None:
@@ -191,10 +204,15 @@ def report_result(result: Any, command: str) -> None:
                    f"(epoch {fit.best_epoch}) is in {result.model_path}; continue with: imgcls {command} --resume {result.run_dir}")
         else:
             msg = "interrupted before the first epoch ended: no model written"
-        signal = getattr(result, "signal", None)
+        from imgcls import signals
+        from imgcls.console import visible
+
+        signal = getattr(result, "signal", None) or signals.received()
+        if signal == 2:  # Ctrl-C: "interrupted" says it
+            signal = None
         if signal is not None:
             msg = f"stopped by signal {signal}: {msg}"
-        click.echo(f"imgcls {command}: {msg}", err=True)
+        click.echo(f"imgcls {command}: {visible(msg)}", err=True)
         sys.exit(128 + signal if signal is not None else 130)
     best = [h for h in fit.history if h["epoch"] == fit.best_epoch]
     acc = f", val acc {best[-1]['val_acc']:.3f}" if best else ""
@@ -226,6 +244,7 @@ def continue_run(command: str, resume: str, manifest: str, output: str, loop: di
     if changed:
         raise UsageProblem(f"--resume continues a run with its own settings; not allowed with: "
                            f"{', '.join('--' + n.replace('_', '-') for n in changed)}")
+    check_run_outputs(output, None, manifest)
     header = records = root = None
     if manifest != "-" or (not sys.stdin.isatty() and not distributed_launch()):
         header, records, reader = read_all(open_input(manifest))
@@ -234,4 +253,4 @@ def continue_run(command: str, resume: str, manifest: str, output: str, loop: di
     result, header, records = resume_run(resume, header=header, records=records, root=root, overrides=overrides)
     report_result(result, command)
     if is_main_rank():
-        emit_manifest(output, header, records, result.model_path, result.run_dir)
+        emit_manifest(output, header, records, result.model_path, result.run_dir, inputs=[manifest])

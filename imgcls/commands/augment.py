@@ -140,9 +140,9 @@ def command(manifest, out_dir, copies, preset, ops_text, flip, balance, per_clas
     new_header, out_records, plan = augment_manifest(
         header, records, reader.resolve, out_dir, ops, copies=copies, balance=balance, per_class=per_class,
         seed=seed, fill=fill, fmt=fmt, jobs=jobs, force=force,
+        emit=lambda h, r: write_manifest("-", h, r),
     )
     elapsed = time.perf_counter() - started
-    write_manifest("-", new_header, out_records)
 
     sources = len(plan.sources)
     rate = plan.total / elapsed if elapsed > 0 else 0.0

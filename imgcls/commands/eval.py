@@ -129,6 +129,17 @@ def command(manifest: str, models: tuple[str, ...], split: str, as_json: bool, o
     if predictions == "-" and as_json:
         raise UsageProblem("--predictions - and --json both want stdout: write one of them to a file "
                            "(--predictions FILE or -o report.json)")
+    from imgcls.fsutil import check_output
+
+    # Before any work: the outputs can be written, and none of them is the input manifest.
+    inputs = [manifest]
+    output_target = check_output(output, "-o", inputs=inputs) if output is not None else None
+    predictions_target = check_output(predictions, "--predictions", inputs=inputs) if predictions else None
+    if (output_target is not None and predictions_target is not None and output_target.path is not None
+            and output_target.path == predictions_target.path):
+        raise UsageProblem(f"-o {output} and --predictions {predictions} name the same file")
+    if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
+        raise UsageProblem(f"--report {report_dir}: exists and is not a folder")
     header, records, reader = read_all(open_input(manifest))
     model_paths = check_model_given(models, reader.header, reader.name)
     if predictions and len(model_paths) > 1:
@@ -156,10 +167,10 @@ def command(manifest: str, models: tuple[str, ...], split: str, as_json: bool, o
 
     render(document)
     text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    if output is not None:
-        from imgcls.fsutil import write_text_atomic
+    if output_target is not None:
+        from imgcls.fsutil import write_output
 
-        write_text_atomic(output, text)
+        write_output(output_target, text, inputs=inputs)
         info(f"report written to {output}")
     if predictions:
         from imgcls.manifest import write_manifest
@@ -168,7 +179,7 @@ def command(manifest: str, models: tuple[str, ...], split: str, as_json: bool, o
         out_header = {**(reader.header or header), "classes": list(ev.info.classes),
                       "predictions": {"model": str(ev.path.resolve()), "split": split, "tta": tta}}
         out_header.pop("_inferred", None)
-        n = write_manifest(predictions, out_header, _sanitize(prediction_records(ev)))
+        n = write_manifest(predictions_target, out_header, _sanitize(prediction_records(ev)), inputs=inputs)
         if predictions != "-":
             info(f"{n} predictions written to {predictions}")
     if as_json:

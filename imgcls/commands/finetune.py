@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from imgcls.commands._common import common_options, open_input
-from imgcls.commands._training import continue_run, check_no_terminal_stdin, emit_manifest, loop_options, report_result
+from imgcls.commands._training import check_run_outputs, continue_run, check_no_terminal_stdin, emit_manifest, loop_options, report_result
 
 
 class Unfreeze(click.ParamType):
@@ -86,6 +86,7 @@ def command(manifest: str, model: str | None, unfreeze: int | str, lr: float, ba
 
         refuse_stdin_manifest(manifest, "finetune")
         check_no_terminal_stdin(manifest)
+        check_run_outputs(output, out, manifest)  # before any data is read: -o writable, --out usable
         header, records, reader = read_all(open_input(manifest))
         model_path = model or (reader.header or {}).get("model")
         if not model_path:
@@ -104,4 +105,4 @@ def command(manifest: str, model: str | None, unfreeze: int | str, lr: float, ba
                               backbone_lr_ratio=backbone_lr_ratio, out=Path(out) if out else None, name=reader.name)
         report_result(result, "finetune")
         if is_main_rank():
-            emit_manifest(output, header, records, result.model_path, result.run_dir)
+            emit_manifest(output, header, records, result.model_path, result.run_dir, inputs=[manifest])

@@ -118,9 +118,9 @@ def command(manifest, out_dir, kinds, severity_text, split, clean, seed, fill, j
     new_header, out_records, written = perturb_manifest(
         header, records, reader.resolve, out_dir, families, severities, split=split, clean=clean,
         seed=seed, fill=fill, jobs=jobs, force=force,
+        emit=lambda h, r: write_manifest("-", h, r),
     )
     elapsed = time.perf_counter() - started
-    write_manifest("-", new_header, out_records)
     sources = written // max(1, len(families) * len(severities))
     rate = written / elapsed if elapsed > 0 else 0.0
     console.info(f"perturb: {sources} {split if split != 'all' else ''} images x {len(families)} families x "

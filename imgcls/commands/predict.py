@@ -127,7 +127,7 @@ def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: boo
             if table_mode:
                 rows.append(row)
             else:
-                click.echo(json.dumps(row, ensure_ascii=False))
+                click.echo(_json_line(row))
     if table_mode:
         _print_table(rows, k)
     if explainer is not None:
@@ -136,21 +136,34 @@ def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: boo
         raise DataError(f"{n_errors} of {len(paths)} images could not be read (see their error lines)")
 
 
-def _print_table(rows: list[dict], k: int) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _json_line(row: dict) -> str:
+    """One result as standard JSON: no NaN (null instead); a file name that is not UTF-8 is written escaped."""
+    from imgcls.manifest import _finite
 
-    table = Table()
-    table.add_column("image", overflow="fold")
-    table.add_column("label")
-    table.add_column("prob", justify="right")
+    try:
+        line = json.dumps(row, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        line = json.dumps(_finite(row), ensure_ascii=False, allow_nan=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(_finite(row), ensure_ascii=True)
+    return line
+
+
+def _print_table(rows: list[dict], k: int) -> None:
+    """The table for people (stdout is a terminal, or --table): names are plain text, control characters visible."""
+    from imgcls.console import print_renderable, styled, table as make_table
+
+    columns: list = [("image", {"overflow": "fold"}), "label", ("prob", {"justify": "right"})]
     if k > 1:
-        table.add_column(f"next {k - 1}")
+        columns.append(f"next {k - 1}")
+    table = make_table(*columns)
     for row in rows:
         if "error" in row:
-            cells = [row["path"], "[red]error[/]", "", f"[red]{row['error']}[/]"]
+            cells = [row["path"], styled("error", "red"), "", styled(row["error"], "red")]
         else:
             others = ", ".join(f"{t['label']} {t['prob']:.2f}" for t in row["top_k"][1:])
-            cells = [row["path"], f"[bold]{row['label']}[/]", f"{row['prob']:.3f}", others]
+            cells = [row["path"], styled(row["label"], "bold"), f"{row['prob']:.3f}", others]
         table.add_row(*cells[: 4 if k > 1 else 3])
-    Console(file=sys.stdout, highlight=False).print(table)
+    print_renderable(table, file=sys.stdout)

@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import Counter
 
 import click
 
 from imgcls.commands._common import common_options, open_input
-from imgcls.console import detail as _detail
-from imgcls.console import get_console, is_interactive, print_renderable, settings
-from imgcls.console import info as _info
-from imgcls.console import warn as _warn
+from imgcls.console import detail, get_console, info, is_interactive, print_renderable, settings, warn
 from imgcls.errors import UsageProblem
 
 MAX_LISTED_REJECTS = 10
-
-
-def _plain(message: str) -> str:
-    """File and class names may contain [brackets]: never let rich read them as markup."""
-    from rich.markup import escape
-
-    return escape(message)
-
-
-def info(message: str) -> None:
-    _info(_plain(message))
-
-
-def detail(message: str) -> None:
-    _detail(_plain(message))
-
-
-def warn(message: str) -> None:
-    _warn(_plain(message))
 
 
 class SplitSize(click.ParamType):
@@ -132,8 +111,11 @@ def command(src, val, test, folds, classes, top, min_per_class, max_per_class, s
     \b
     Every image is decoded (all cores). Hidden entries and files without an image
     extension are ignored and counted. Empty, truncated, non-image, unreadable and
-    decompression-bomb files and dangling symlinks are rejected (listed on stderr,
-    and in --rejects). Your files are never modified.
+    decompression-bomb files, dangling symlinks, symlink loops, FIFOs and devices,
+    names that are not UTF-8, and float or 32-bit images whose values have no 8-bit
+    meaning are rejected (listed on stderr, and in --rejects). 16-bit images are
+    scaled to 8 bits (0..65535 -> 0..255), float images from 0..1. Your files are
+    never modified; -o and --rejects refuse to overwrite an input.
 
     \b
     Identical files (same SHA-256) always land in the same split. Identical files
@@ -180,6 +162,13 @@ def command(src, val, test, folds, classes, top, min_per_class, max_per_class, s
     sources = list(src)
     if "-" in sources and not (sample or import_format):
         open_input("-")  # refuses a terminal: a manifest must be piped in
+    from imgcls.fsutil import check_output, write_output
+
+    # Before any work: both outputs can be written, neither is a folder or an input manifest.
+    out_target = check_output(output, "-o", inputs=sources)
+    rejects_target = check_output(rejects_path, "--rejects", inputs=sources) if rejects_path else None
+    if (rejects_target is not None and out_target.path is not None and out_target.path == rejects_target.path):
+        raise UsageProblem(f"-o {output} and --rejects {rejects_path} name the same file")
     facts = {}
     if sample or import_format:
         sources, facts = _materialise(sources, sample, import_format, class_names, coarse, force, jobs)
@@ -190,12 +179,14 @@ def command(src, val, test, folds, classes, top, min_per_class, max_per_class, s
     with _progress() as progress:
         result = prepare(sources, options, progress=progress, facts=facts)
 
-    from imgcls.fsutil import write_text_atomic
     from imgcls.manifest import dumps, write_manifest
 
-    if rejects_path:
-        write_text_atomic(rejects_path, "".join(dumps(r.as_dict()) + "\n" for r in result.rejects))
-    write_manifest(output, result.header, result.records)
+    # Neither output may replace a file this run read: an image, a reject, an input manifest.
+    inputs = [*sources, *(os.path.join(result.header.get("root") or "", r["path"]) for r in result.records),
+              *(r.path for r in result.rejects)]
+    if rejects_target is not None:
+        write_output(rejects_target, "".join(dumps(r.as_dict()) + "\n" for r in result.rejects), inputs=inputs)
+    write_manifest(out_target, result.header, result.records, inputs=inputs)
     _report(result, output)
 
 
@@ -252,14 +243,13 @@ def _progress():
 
 def _report(result, output) -> None:
     """The human summary on stderr."""
-    from rich.table import Table
-
+    from imgcls.console import table as make_table
     from imgcls.prepare import imbalance_ratio
 
     stats = result.stats
     counts = result.counts()
     splits = [s for s in ("train", "val", "test") if any(c[s] for c in counts.values())]
-    table = Table(title=None, box=None, pad_edge=False, show_footer=True)
+    table = make_table(box=None, pad_edge=False, show_footer=True)
     table.add_column("class", footer="total")
     totals = Counter()
     for s in splits:
@@ -269,7 +259,7 @@ def _report(result, output) -> None:
     table.add_column("total", justify="right", footer=str(len(result.records)))
     for cls in result.classes:
         row = counts[cls]
-        table.add_row(_plain(cls.replace("\n", "\\n")), *(str(row[s]) for s in splits), str(sum(row.values())))
+        table.add_row(cls, *(str(row[s]) for s in splits), str(sum(row.values())))
     print_renderable(table)
 
     info(f"{len(result.records)} images, {len(result.classes)} classes, imbalance {imbalance_ratio(result):.2f} "
@@ -314,8 +304,7 @@ def _report(result, output) -> None:
         warn(f"rejected {len(result.rejects)} file(s): {reasons}")
         limit = None if settings.verbosity >= 1 else MAX_LISTED_REJECTS
         for r in result.rejects[:limit]:
-            info(f"  rejected [{r.reason}] {r.path!r}: {r.message}" if "\n" in r.path
-                 else f"  rejected [{r.reason}] {r.path}: {r.message}")
+            info(f"  rejected [{r.reason}] {r.path}: {r.message}")
         if limit is not None and len(result.rejects) > limit:
             info(f"  ... and {len(result.rejects) - limit} more (-v lists all; --rejects FILE saves them)")
     for message in result.warnings:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from imgcls.commands._common import common_options, open_input
-from imgcls.commands._training import continue_run, check_no_terminal_stdin, emit_manifest, loop_options, parse_floats_option, report_result
+from imgcls.commands._training import check_run_outputs, continue_run, check_no_terminal_stdin, emit_manifest, loop_options, parse_floats_option, report_result
 
 
 def _list_archs(as_json: bool) -> None:
@@ -162,6 +162,7 @@ def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_siz
             raise UsageProblem("--feature-views computes features once; it cannot be combined with --no-feature-cache")
         refuse_stdin_manifest(manifest, "train")
         check_no_terminal_stdin(manifest)
+        check_run_outputs(output, out, manifest)  # before any data is read: -o writable, --out usable
         options = {k: v for k, v in {"width": width, "depth": depth, "hidden": hidden, "block_dropout": block_dropout}.items()
                    if v is not None}
         from imgcls.models.registry import get_spec
@@ -188,4 +189,4 @@ def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_siz
         result = train_run(header, records, reader.root, cfg, out=Path(out) if out else None, name=reader.name)
         report_result(result, "train")
         if is_main_rank():
-            emit_manifest(output, header, records, result.model_path, result.run_dir)
+            emit_manifest(output, header, records, result.model_path, result.run_dir, inputs=[manifest])

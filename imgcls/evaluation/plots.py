@@ -9,7 +9,6 @@ without matplotlib.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +70,11 @@ def confusion_heatmap(report: dict[str, Any], path: Path) -> Path:
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
-    """history.jsonl rows (one per epoch); unreadable lines are skipped, not fatal."""
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and "epoch" in obj:
-            rows.append(obj)
-    return rows
+    """history.jsonl rows (one per epoch); damaged lines are skipped with a warning, not fatal."""
+    from imgcls.console import warn
+    from imgcls.metadata import read_history as read_validated
+
+    return read_validated(path, warn)
 
 
 def learning_curves(history: list[dict[str, Any]], path: Path, title: str) -> Path:

@@ -91,12 +91,19 @@ def _folder_images(folder: Path) -> list[str]:
     return found
 
 
-def _stdin_paths(text: str) -> list[str]:
-    """Paths one per line, or a whole manifest piped in (first line starts with '{')."""
-    stripped = text.lstrip()
-    if stripped.startswith("{"):
-        return _manifest_paths(io.StringIO(text), name="<stdin>")
-    return [line.rstrip("\r\n") for line in text.splitlines() if line.strip()]
+def _stdin_paths(data: str | bytes) -> list[str]:
+    """Paths one per line, or NUL-separated (``find -print0``), or a whole manifest piped in (starts with '{').
+
+    Bytes are decoded as file names are (``os.fsdecode``), so a name that is not valid
+    UTF-8 still names its file.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    if data.lstrip().startswith(b"{"):
+        return _manifest_paths(io.BytesIO(data), name="<stdin>")
+    if b"\0" in data:
+        return [os.fsdecode(item) for item in data.split(b"\0") if item]
+    return [os.fsdecode(line.rstrip(b"\r")) for line in data.split(b"\n") if line.strip()]
 
 
 def gather_inputs(inputs: Sequence[str], stdin: TextIO | None = None) -> tuple[list[str], list[str]]:
@@ -112,6 +119,7 @@ def gather_inputs(inputs: Sequence[str], stdin: TextIO | None = None) -> tuple[l
     for item in inputs:
         if item == "-":
             stream = stdin if stdin is not None else sys.stdin
+            stream = getattr(stream, "buffer", None) or stream
             paths.extend(_stdin_paths(stream.read()))
             continue
         path = Path(item)

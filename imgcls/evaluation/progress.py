@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from imgcls.console import get_console, is_interactive, settings
+from imgcls.console import get_console, is_interactive, settings, visible
 
 
 @contextlib.contextmanager
@@ -16,7 +16,7 @@ def progress_bar(total: int, description: str, min_total: int = 2) -> Iterator[C
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=get_console(), transient=True) as bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(visible(description), total=total)
         yield lambda n: bar.advance(task, n)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from imgcls.console import print_renderable, settings, warn
+from imgcls.console import info, print_renderable, settings, styled, table as make_table, warn
 
 MAX_MATRIX_CLASSES = 20
 
@@ -29,20 +29,18 @@ def _short(name: str, width: int = 10) -> str:
 
 
 def summary_table(report: dict[str, Any], document: dict[str, Any]):
-    from rich.table import Table
-
     m = report["metrics"]
     model = report["model"]
-    table = Table(title=f"eval: {model['name']}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+    table = make_table(title=f"eval: {model['name']}", show_header=False, title_justify="left")
+    table.add_column("", style="bold")
+    table.add_column("")
     table.add_row("model", f"{model['path']} ({model['arch']}, {model['parameters']:,} parameters, "
                            f"{model['image_size']} px, {model['channels']} ch)")
     images = f"{report['n_images']} (split {document['split']})"
     if report["unknown"]["count"]:
         images += f", {report['unknown']['count']} with unknown labels left out"
     table.add_row("images", images)
-    table.add_row("accuracy", f"[{_score_style(m['accuracy'])}]{_pct(m['accuracy'])}[/]")
+    table.add_row("accuracy", styled(_pct(m['accuracy']), _score_style(m['accuracy'])))
     table.add_row("balanced accuracy", _pct(m["balanced_accuracy"]))
     table.add_row(f"top-{m['top_k']} accuracy", _pct(m["top_k_accuracy"]))
     table.add_row("macro F1 / weighted F1", f"{_num(m['macro_f1'])} / {_num(m['weighted_f1'])}")
@@ -59,16 +57,14 @@ def summary_table(report: dict[str, Any], document: dict[str, Any]):
 
 
 def per_class_table(report: dict[str, Any]):
-    from rich.table import Table
-
-    table = Table(title="per class", title_justify="left")
+    table = make_table(title="per class", title_justify="left")
     for name in ("class", "precision", "recall", "F1", "support", "predicted"):
         table.add_column(name, justify="left" if name == "class" else "right")
     for row in report["per_class"]:
         f1 = row["f1"] if row["support"] else None
         table.add_row(row["class"], _num(row["precision"]), _num(row["recall"]),
-                      f"[{_score_style(f1)}]{_num(row['f1'])}[/]", str(row["support"]),
-                      f"[red]{row['predicted']}[/]" if row["predicted"] == 0 else str(row["predicted"]))
+                      styled(_num(row['f1']), _score_style(f1)), str(row["support"]),
+                      styled(str(row['predicted']), "red") if row["predicted"] == 0 else str(row["predicted"]))
     m = report["metrics"]
     table.add_section()
     table.add_row("macro avg", _num(m["macro_precision"]), _num(m["macro_recall"]), _num(m["macro_f1"]),
@@ -87,25 +83,21 @@ def _cell_style(rate: float, diagonal: bool, count: int) -> str:
 
 
 def confusion_table(report: dict[str, Any]):
-    from rich.table import Table
-
     cm = report["confusion_matrix"]
     classes = cm["classes"]
-    table = Table(title="confusion matrix (rows: true, columns: predicted; colour: share of the row)",
+    table = make_table(title="confusion matrix (rows: true, columns: predicted; colour: share of the row)",
                   title_justify="left")
     table.add_column("true \\ pred")
     for name in classes:
         table.add_column(_short(name, 8), justify="right")
     for i, (row, rates) in enumerate(zip(cm["counts"], cm["normalized"])):
-        cells = [f"[{_cell_style(rate, i == j, count)}]{count}[/]" for j, (count, rate) in enumerate(zip(row, rates))]
+        cells = [styled(str(count), _cell_style(rate, i == j, count)) for j, (count, rate) in enumerate(zip(row, rates))]
         table.add_row(_short(classes[i], 14), *cells)
     return table
 
 
 def errors_table(report: dict[str, Any]):
-    from rich.table import Table
-
-    table = Table(title="most confident mistakes", title_justify="left")
+    table = make_table(title="most confident mistakes", title_justify="left")
     table.add_column("image", overflow="fold")
     for name in ("true", "predicted", "p(pred)", "p(true)"):
         table.add_column(name, justify="right" if name.startswith("p(") else "left")
@@ -115,9 +107,7 @@ def errors_table(report: dict[str, Any]):
 
 
 def pairs_table(report: dict[str, Any]):
-    from rich.table import Table
-
-    table = Table(title="most confused pairs", title_justify="left")
+    table = make_table(title="most confused pairs", title_justify="left")
     for name in ("true", "predicted as", "count", "share of true"):
         table.add_column(name, justify="right" if name in ("count", "share of true") else "left")
     for p in report["errors"]["confused_pairs"]:
@@ -126,10 +116,8 @@ def pairs_table(report: dict[str, Any]):
 
 
 def robustness_table(report: dict[str, Any]):
-    from rich.table import Table
-
     rob = report["robustness"]
-    table = Table(title="robustness (accuracy by perturbation and severity)", title_justify="left")
+    table = make_table(title="robustness (accuracy by perturbation and severity)", title_justify="left")
     for name in ("perturbation", "severity", "images", "accuracy", "relative drop"):
         table.add_column(name, justify="left" if name == "perturbation" else "right")
     clean = rob["clean"]
@@ -139,10 +127,10 @@ def robustness_table(report: dict[str, Any]):
         for s in row["severities"]:
             table.add_row(row["perturbation"], "-" if s["severity"] is None else str(s["severity"]), str(s["n"]),
                           _pct(s["accuracy"]), _pct(s["relative_drop"]))
-        table.add_row(f"[bold]{row['perturbation']}[/]", "mean", str(row["n"]), f"[bold]{_pct(row['accuracy'])}[/]",
+        table.add_row(styled(row['perturbation'], "bold"), "mean", str(row["n"]), styled(_pct(row['accuracy']), "bold"),
                       _pct(row["relative_drop"]))
     table.add_section()
-    table.add_row("[bold]mean over perturbations[/]", "", "", f"[bold]{_pct(rob['mean_accuracy'])}[/]",
+    table.add_row(styled("mean over perturbations", "bold"), "", "", styled(_pct(rob['mean_accuracy']), "bold"),
                   _pct(rob["mean_relative_drop"]))
     return table
 
@@ -155,8 +143,8 @@ def render_model(report: dict[str, Any], document: dict[str, Any]) -> None:
     if n_classes <= MAX_MATRIX_CLASSES:
         print_renderable(confusion_table(report))
     else:
-        print_renderable(f"[dim]confusion matrix: {n_classes} classes is too many to print here; "
-                         f"see --json (.models[].confusion_matrix) or the heatmap of --report DIR[/dim]")
+        info(f"confusion matrix: {n_classes} classes is too many to print here; "
+             f"see --json (.models[].confusion_matrix) or the heatmap of --report DIR", style="dim")
     errors = report["errors"]
     if errors["most_confident"]:
         print_renderable(errors_table(report))
@@ -173,10 +161,8 @@ def render_model(report: dict[str, Any], document: dict[str, Any]) -> None:
 
 
 def comparison_table(document: dict[str, Any]):
-    from rich.table import Table
-
     rows = document["comparison"]
-    table = Table(title=f"model comparison (split {document['split']})", title_justify="left")
+    table = make_table(title=f"model comparison (split {document['split']})", title_justify="left")
     table.add_column("")
     for row in rows:
         table.add_column(_short(row["model"], 24), justify="right")
@@ -187,7 +173,7 @@ def comparison_table(document: dict[str, Any]):
 
     line("arch", [r["arch"] for r in rows])
     line("images", [str(r["n_images"]) for r in rows])
-    line("accuracy", [f"[bold green]{_pct(r['accuracy'])}[/]" if (r["accuracy"] or 0) == best_acc
+    line("accuracy", [styled(_pct(r['accuracy']), "bold green") if (r["accuracy"] or 0) == best_acc
                       else _pct(r["accuracy"]) for r in rows])
     line("balanced accuracy", [_pct(r["balanced_accuracy"]) for r in rows])
     line("macro F1", [_num(r["macro_f1"]) for r in rows])
@@ -201,7 +187,7 @@ def comparison_table(document: dict[str, Any]):
     table.add_section()
     for name in classes:
         values = [r["per_class_f1"].get(name) for r in rows]
-        line(f"F1 {name}", [f"[{_score_style(v)}]{_num(v)}[/]" if v is not None else "-" for v in values])
+        line(f"F1 {name}", [styled(_num(v), _score_style(v)) if v is not None else "-" for v in values])
     return table
 
 
@@ -211,7 +197,7 @@ def render(document: dict[str, Any]) -> None:
         return
     models = document["models"]
     if document.get("n_unsplit_as_test"):
-        print_renderable(f"[dim]{document['n_unsplit_as_test']} records without a split were counted as test[/dim]")
+        info(f"{document['n_unsplit_as_test']} records without a split were counted as test", style="dim")
     if document.get("n_unlabelled"):
         warn(f"{document['n_unlabelled']} selected records have no label and were left out")
     if len(models) == 1:

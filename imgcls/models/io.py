@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgcls.errors import ModelError
+from imgcls.errors import ImgclsError, ModelError, brief
 
 MODEL_FORMAT = "imgcls-model"
 MODEL_FORMAT_VERSION = 1
@@ -49,21 +49,25 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, text: str, where: str) -> ModelInfo:
+        """Parse and validate the metadata (:mod:`imgcls.metadata`): one line naming the file and field if wrong."""
+        from imgcls.metadata import FieldProblem, check_model_metadata, load_json_text, model_metadata_error
+
         try:
-            data = json.loads(text)
+            data = load_json_text(text, "imgcls")
+            if not isinstance(data, dict):
+                raise FieldProblem("imgcls", "must be a JSON object")
             version = data.pop("format_version", 1)
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise FieldProblem("format_version", f"must be a whole number, not {version!r}")
             if version > MODEL_FORMAT_VERSION:
                 raise ModelError(f"{where}: model format {version} is newer than this imgcls reads; upgrade imgcls")
-            known = {f for f in cls.__dataclass_fields__}
-            extra = {k: v for k, v in data.items() if k not in known}
-            info = cls(**{k: v for k, v in data.items() if k in known})
-            info.extra.update(extra)
-        except ModelError:
-            raise
-        except (ValueError, TypeError) as exc:
-            raise ModelError(f"{where}: damaged imgcls metadata ({exc})") from None
-        if not info.classes or len(info.mean) != info.channels or len(info.std) != info.channels:
-            raise ModelError(f"{where}: inconsistent imgcls metadata (classes, channels, mean/std)")
+            check_model_metadata(data)
+        except FieldProblem as exc:
+            raise model_metadata_error(where, exc) from None
+        known = {f for f in cls.__dataclass_fields__}
+        extra = {k: v for k, v in data.items() if k not in known}
+        info = cls(**{k: v for k, v in data.items() if k in known})
+        info.extra.update(extra)
         return info
 
 
@@ -77,8 +81,28 @@ def save_model(path: str | os.PathLike, model, info: ModelInfo) -> Path:
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": MODEL_FORMAT, "imgcls": info.to_json()})
+        try:
+            save_file(tensors, str(tmp), metadata={"format": MODEL_FORMAT, "imgcls": info.to_json()})
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors' own error type, e.g. for a full disk: name the model file
+            from imgcls.fsutil import as_write_error
+
+            raise as_write_error(exc, path) from None
     return path
+
+
+def require_regular_file(path: Path, what: str = "model file") -> None:
+    """A model file must be a plain file: a FIFO would block the reader forever, a device is no model."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # reported by the caller ("no such model file")
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+        raise ModelError(f"{path}: is {kind}, not a {what}")
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
@@ -94,11 +118,12 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
         if candidate.exists():
             return read_model_info(candidate)
         raise ModelError(f"{where}: is a folder without model.safetensors")
+    require_regular_file(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise ModelError(f"{where}: not a readable safetensors model file ({str(exc).splitlines()[0][:120]})") from None
+        raise ModelError(f"{where}: not a readable safetensors model file ({brief(exc, 120)})") from None
     if metadata.get("format") != MODEL_FORMAT or "imgcls" not in metadata:
         raise ModelError(f"{where}: a safetensors file, but not an imgcls model (no imgcls metadata)")
     return ModelInfo.from_json(metadata["imgcls"], where)
@@ -120,6 +145,30 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def _check_arch_options(path: Path, info: ModelInfo) -> None:
+    """``arch`` is registered and each of ``arch_options`` is one it takes, of the type of its default."""
+    import inspect
+
+    from imgcls.metadata import is_int, is_number
+    from imgcls.models.registry import get_spec
+
+    try:
+        spec = get_spec(info.arch)
+    except ImgclsError as exc:
+        raise ModelError(f"{path}: model metadata \"arch\": {exc}") from None
+    parameters = inspect.signature(spec.builder).parameters
+    for key, value in info.arch_options.items():
+        if key not in spec.options or key not in parameters:
+            raise ModelError(f"{path}: model metadata \"arch_options.{key}\": {info.arch} takes no option {key!r}")
+        default = parameters[key].default
+        ok = (isinstance(value, bool) if isinstance(default, bool) else is_int(value) if isinstance(default, int)
+              else is_number(value) if isinstance(default, float) else isinstance(value, type(default))
+              if default is not None and default is not inspect.Parameter.empty else True)
+        if not ok:
+            raise ModelError(f"{path}: model metadata \"arch_options.{key}\": must be {type(default).__name__} "
+                             f"like its default {default!r}, not {value!r}")
+
+
 def load_model(path: str | os.PathLike, device: str = "cpu"):
     """Rebuild the architecture from metadata and load the weights. Returns (model, info)."""
     from safetensors.torch import load_file
@@ -128,19 +177,29 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
 
     path = resolve_model_path(path)
     info = read_model_info(path)
+    _check_arch_options(path, info)
     try:
         model = get_model(info.arch, num_classes=len(info.classes), in_channels=info.channels,
                           dropout=info.dropout, pretrained=False, **info.arch_options)
     except ModelError:
         raise
+    except ImgclsError as exc:  # an unknown architecture or option: the file's metadata is at fault
+        raise ModelError(f"{path}: model metadata \"arch\" / \"arch_options\": {exc}") from None
     except Exception as exc:
-        raise ModelError(f"{path}: cannot build architecture {info.arch!r}: {exc}") from None
+        raise ModelError(f"{path}: cannot build architecture {info.arch!r}: {brief(exc)}") from None
     try:
         state = load_file(str(path), device="cpu")
         model.load_state_dict(state, strict=True)
     except Exception as exc:
-        raise ModelError(f"{path}: weights do not match architecture {info.arch!r}: {str(exc).splitlines()[0][:200]}") from None
+        raise ModelError(f"{path}: weights do not match architecture {info.arch!r}: {brief(exc)}") from None
+    bad = next((name for name, t in state.items() if t.is_floating_point() and not bool(t.isfinite().all())), None)
+    if bad is not None:  # a model that can only answer NaN is damaged, not a model
+        raise ModelError(f"{path}: the weights hold NaN or infinite values (tensor {bad!r}); the file is damaged "
+                         f"(or the training diverged): train again, or use an earlier model")
     if info.trainable_blocks is not None and hasattr(model, "set_trainable_blocks"):
+        if info.trainable_blocks > len(getattr(model, "blocks", ())):
+            raise ModelError(f"{path}: model metadata \"trainable_blocks\": {info.trainable_blocks} is more than the "
+                             f"{len(model.blocks)} blocks of {info.arch}")
         model.set_trainable_blocks(info.trainable_blocks)
     model.eval()
     return model.to(device), info

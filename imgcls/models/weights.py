@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgcls.errors import UsageProblem, WeightsError
+from imgcls.errors import UsageProblem, WeightsError, brief
 
 # Scratch models: pixels scaled to [-1, 1]. Stored in the model file like any other.
 SCRATCH_MEAN = 0.5
@@ -87,7 +88,7 @@ def fetch_torchvision(arch: str, progress: bool = False) -> Pretrained:
             with contextlib.redirect_stdout(sys.stderr):
                 state = weights.get_state_dict(progress=progress, weights_only=True)
         except Exception as exc:  # noqa: BLE001 - URLError, socket errors, HTTP errors, a bad download
-            reason = getattr(exc, "reason", None) or str(exc).splitlines()[0][:120] or type(exc).__name__
+            reason = getattr(exc, "reason", None) or brief(exc, 160) or type(exc).__name__
             raise WeightsError(
                 f"{offline_hint} ({reason}); copy {weights.url} to that path, or pass --weights FILE "
                 f"(a .safetensors or .pth state dict), or train from scratch with --no-pretrained"
@@ -97,7 +98,7 @@ def fetch_torchvision(arch: str, progress: bool = False) -> Pretrained:
             state = weights.get_state_dict(progress=progress, weights_only=True)
         except Exception as exc:  # noqa: BLE001 - a damaged cache file: name it
             raise WeightsError(
-                f"{cached}: damaged cached weights ({str(exc).splitlines()[0][:120]}); delete it and download again, "
+                f"{cached}: damaged cached weights ({brief(exc, 160)}); delete it and download again, "
                 f"or pass --weights FILE"
             ) from None
     norm = transforms_norm(weights)
@@ -127,6 +128,8 @@ def parse_floats(value: Any, where: str) -> list[float]:
         raise UsageProblem(f"{where}: expected numbers like 0.5,0.5,0.5, got {value!r}") from None
     if not numbers:
         raise UsageProblem(f"{where}: empty list of numbers")
+    if not all(math.isfinite(n) for n in numbers):
+        raise UsageProblem(f"{where}: expected finite numbers, got {value!r}")
     return numbers
 
 
@@ -137,6 +140,9 @@ def read_weights_file(path: str | os.PathLike) -> Pretrained:
         raise WeightsError(f"{path}: no such weights file")
     if path.is_dir():
         raise WeightsError(f"{path}: is a folder, not a weights file")
+    from imgcls.models.io import require_regular_file
+
+    require_regular_file(path, "weights file")
     suffix = path.suffix.lower()
     mean = std = None
     meta: dict[str, Any] = {}
@@ -149,7 +155,7 @@ def read_weights_file(path: str | os.PathLike) -> Pretrained:
                 meta = dict(fh.metadata() or {})
             state = load_file(str(path), device="cpu")
         except Exception as exc:  # noqa: BLE001 - safetensors' own error types
-            raise WeightsError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
+            raise WeightsError(f"{path}: not a readable safetensors file ({brief(exc, 160)})") from None
         try:
             if "mean" in meta:
                 mean = parse_floats(meta["mean"], f"{path}: metadata 'mean'")
@@ -171,13 +177,17 @@ def read_weights_file(path: str | os.PathLike) -> Pretrained:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            # torch's message is paragraphs of advice; the line that says what was refused is the one to show
+            why = next((line.split("WeightsUnpickler error:", 1)[-1].strip() for line in str(exc).splitlines()
+                        if "WeightsUnpickler error:" in line or "unsupported GLOBAL" in line
+                        or "Unsupported global" in line), None)
             raise WeightsError(
                 f"{path}: refused: not a plain state dict (torch.load weights_only=True: "
-                f"{str(exc).splitlines()[0][:120]}); save it with torch.save(model.state_dict(), FILE) "
+                f"{brief(why or exc, 160)}); save it with torch.save(model.state_dict(), FILE) "
                 f"or convert it to .safetensors"
             ) from None
         except Exception as exc:  # noqa: BLE001 - truncated zip, foreign file, ...
-            raise WeightsError(f"{path}: not a readable PyTorch state dict ({str(exc).splitlines()[0][:120]})") from None
+            raise WeightsError(f"{path}: not a readable PyTorch state dict ({brief(exc, 160)})") from None
         state = _unwrap_state_dict(state, path)
     else:
         raise WeightsError(f"{path}: unknown weights format {suffix or '(no extension)'!r}; use .safetensors or .pth")

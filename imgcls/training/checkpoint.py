@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from imgcls.errors import ModelError
+from imgcls.errors import ModelError, brief
 
 CHECKPOINT_FORMAT = "imgcls-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -72,6 +72,52 @@ class Checkpoint:
     def optimizer_state(self) -> dict[str, Any]:
         return optimizer_from_flat(self.tensors, self.meta["optimizer"])
 
+    def load_model_state(self, model: torch.nn.Module) -> None:
+        """The checkpoint's weights into ``model``; a tensor missing, extra or of another shape names the file."""
+        state = self.model_state()
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + (
+                [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else [])
+            raise ModelError(f"{self.path}: the checkpoint's weights do not fit its own configuration "
+                             f"({'; '.join(parts)})")
+        for name, tensor in state.items():
+            if tuple(tensor.shape) != tuple(own[name].shape):
+                raise ModelError(f"{self.path}: checkpoint tensor \"model.{name}\" has shape {tuple(tensor.shape)}, "
+                                 f"the configured model needs {tuple(own[name].shape)}")
+        model.load_state_dict(state)
+
+
+def check_resumable(ckpt: Checkpoint, header: dict[str, Any], records: Any) -> None:
+    """The data of a resumed run must be the run's own: same classes, every label known."""
+    classes = ckpt.meta["classes"]
+    given = header.get("classes")
+    if given and list(given) != list(classes):
+        raise ModelError(f"{ckpt.path}: the checkpoint's classes ({', '.join(classes[:5])}"
+                         f"{' ...' if len(classes) > 5 else ''}) differ from the manifest's "
+                         f"({', '.join(given[:5])}{' ...' if len(given) > 5 else ''}); resume needs the run's own data")
+    known = set(classes)
+    unknown = sorted({r["label"] for r in records if r.get("label") is not None and r["label"] not in known})
+    if unknown:
+        raise ModelError(f"{ckpt.path}: the manifest has labels the checkpoint does not know: {', '.join(unknown[:5])}")
+
+
+def restore_training_state(trainer: Any, ckpt: Checkpoint, best_state: dict[str, torch.Tensor] | None) -> None:
+    """``trainer.load_checkpoint`` with a damaged or foreign checkpoint reported as one line naming the file."""
+    try:
+        trainer.load_checkpoint(ckpt, best_state)
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+        raise ModelError(f"{ckpt.path}: checkpoint does not fit this run ({type(exc).__name__}: {brief(exc, 160)})") \
+            from None
+    for group in trainer.optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in trainer.optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise ModelError(f"{ckpt.path}: optimizer state {key!r} has shape {tuple(value.shape)} for a "
+                                     f"parameter of shape {tuple(param.shape)}: the checkpoint is damaged")
+
 
 def checkpoint_payload(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
                        generator: torch.Generator, state: dict[str, Any],
@@ -111,7 +157,14 @@ def write_checkpoint(path: str | os.PathLike, payload: tuple[dict[str, torch.Ten
     tensors, metadata = payload
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors' own error type, e.g. for a full disk: name the checkpoint
+            from imgcls.fsutil import as_write_error
+
+            raise as_write_error(exc, path) from None
     return path
 
 
@@ -122,29 +175,61 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimize
                                                      scaler=scaler, generator=generator, state=state))
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, resume: bool = False) -> Checkpoint:
+    """Read and validate a checkpoint (:mod:`imgcls.metadata`): a bad field is one line naming the file and field.
+
+    ``resume``: everything a run needs to continue must be there (configuration, classes, ...).
+
+    Temporary files left in the run folder by a process that was killed while writing
+    (``kill -9`` mid-checkpoint) are removed on the way.
+    """
     from safetensors import safe_open
     from safetensors.torch import load_file
+
+    from imgcls.fsutil import sweep_stale_temps
+    from imgcls.metadata import RESUME_FIELDS, FieldProblem, check_checkpoint_state, load_json_text
 
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.safetensors"
+    sweep_stale_temps(path.parent)
     if not path.exists():
+        started = (path.parent / "manifest.jsonl").exists() and not (path.parent / "model.safetensors").exists()
+        if started:
+            raise ModelError(f"{path}: no checkpoint to resume from: the run stopped before its first epoch ended; "
+                             f"start it again with the same command (its --out folder {path.parent} is reused)")
         raise ModelError(f"{path}: no checkpoint to resume from (was the run started with --no-checkpoint, "
                          f"or interrupted before its first epoch ended?)")
+    from imgcls.models.io import require_regular_file
+
+    require_regular_file(path, "checkpoint")
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}
         if metadata.get("format") != CHECKPOINT_FORMAT:
             raise ModelError(f"{path}: not an imgcls checkpoint")
-        if int(metadata.get("version", "1")) > CHECKPOINT_VERSION:
+        version = metadata.get("version", "1")
+        if not str(version).isdigit():
+            raise ModelError(f"{path}: checkpoint metadata \"version\": {version!r} is not a version number")
+        if int(version) > CHECKPOINT_VERSION:
             raise ModelError(f"{path}: checkpoint format is newer than this imgcls reads; upgrade imgcls")
-        meta = json.loads(metadata["state"])
+        if "state" not in metadata:
+            raise ModelError(f"{path}: checkpoint metadata \"state\" is missing")
+        meta = check_checkpoint_state(load_json_text(metadata["state"], "state"),
+                                      RESUME_FIELDS if resume else ("epoch",))
         tensors = load_file(str(path), device="cpu")
     except ModelError:
         raise
+    except FieldProblem as exc:
+        raise ModelError(f"{path}: checkpoint field {json.dumps(exc.field)}: {exc.problem}") from None
     except Exception as exc:  # noqa: BLE001 - damaged file: name it
-        raise ModelError(f"{path}: damaged checkpoint ({str(exc).splitlines()[0][:120]})") from None
+        raise ModelError(f"{path}: damaged checkpoint ({brief(exc, 120)})") from None
+    for name in ("rng.torch", "rng.data"):
+        tensor = tensors.get(name)
+        if tensor is None or tensor.dtype != torch.uint8 or tensor.dim() != 1:
+            raise ModelError(f"{path}: checkpoint tensor {name!r} is missing or damaged (the random-number state)")
+    if not any(k.startswith("model.") for k in tensors):
+        raise ModelError(f"{path}: the checkpoint holds no model weights")
     return Checkpoint(tensors, meta, path)
 
 

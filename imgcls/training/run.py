@@ -602,6 +602,9 @@ def train(header: Header, records: Sequence[Record], root: Path, cfg: TrainConfi
                   pretrained=pre is not None, weights_source=pre.source if pre is not None else None,
                   freeze_bn=(pre is not None) if cfg.freeze_bn is None else cfg.freeze_bn)
 
+    from imgcls.training.budget import check_training_memory
+
+    check_training_memory(cfg, len(classes), len(splits.train) + len(splits.val), resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     model = get_model(cfg.arch, num_classes=len(classes), in_channels=channels, dropout=cfg.dropout,
                       pretrained=False, weights=pre if (pre is not None and spec.pretrainable) else None,
@@ -635,12 +638,12 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
 
     from imgcls.manifest import read_all
     from imgcls.models.registry import get_model
-    from imgcls.training.checkpoint import load_checkpoint
+    from imgcls.training.checkpoint import check_resumable, load_checkpoint, restore_training_state
 
     run = RunDir(resolve_run(run_path))
     if not run.path.is_dir():
         raise UsageProblem(f"--resume {run_path}: no such run folder")
-    ckpt = load_checkpoint(run.checkpoint_path)
+    ckpt = load_checkpoint(run.checkpoint_path, resume=True)
     meta = ckpt.meta
     cfg = TrainConfig.from_dict(meta["config"])
     if overrides:
@@ -655,6 +658,7 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
     if mhash != meta.get("manifest_hash"):
         raise DataError(f"{run.path}: the manifest differs from the one this run was trained on "
                         f"(hash {mhash} vs {meta.get('manifest_hash')}); resume needs the same data")
+    check_resumable(ckpt, header, records)
     classes = list(meta["classes"])
     done = int(meta["epoch"])
     if done >= cfg.epochs:
@@ -665,7 +669,7 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
     if cfg.trainable_blocks is not None:
         model.set_trainable_blocks(cfg.trainable_blocks)
     # The checkpoint's weights before prepare(): frozen-backbone features are computed from them.
-    model.load_state_dict(ckpt.model_state())
+    ckpt.load_model_state(model)
     offset = int(meta.get("epoch_offset", 0))
     session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, callbacks=callbacks)
     trainer = session.prepare()
@@ -675,7 +679,7 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
             best_state = load_file(str(run.model_path))
         except Exception:  # noqa: BLE001 - the checkpoint alone is enough to continue
             warn(f"{run.model_path}: unreadable; the best model restarts from the checkpoint")
-    trainer.load_checkpoint(ckpt, best_state)
+    restore_training_state(trainer, ckpt, best_state)
     if best_state is None:
         trainer.state.best_val_loss = math.inf
     session.start(run)
@@ -686,20 +690,13 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
 # -- finetune -------------------------------------------------------------------------------
 
 def read_parent_history(model_path: Path) -> list[dict[str, Any]]:
-    """The history.jsonl beside a model file (its run folder), if any."""
-    import json
+    """The history.jsonl beside a model file (its run folder), if any; damaged lines are skipped with a warning."""
+    from imgcls.metadata import read_history
 
     path = model_path.parent / "history.jsonl"
     if not path.exists():
         return []
-    history = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                history.append(json.loads(line))
-            except ValueError:
-                warn(f"{path}: damaged line skipped")
-    return history
+    return read_history(path, warn)
 
 
 def finetune(header: Header, records: Sequence[Record], root: Path, model_path: str | Path,

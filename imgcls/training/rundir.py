@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.errors import UsageProblem
-from imgcls.training._console import detail, warn
+from imgcls.training._console import detail, info, warn
 
 DEFAULT_RUNS = Path("runs")
 LATEST = "latest"
@@ -46,16 +46,48 @@ class RunDir:
         return self.path / "manifest.jsonl"
 
     # -- creation -------------------------------------------------------------------
+    @staticmethod
+    def check_new(out: str | os.PathLike) -> None:
+        """Refuse an ``--out`` that cannot become this run's folder: before any data is read or decoded.
+
+        A folder left by a run that never got a model (stopped or killed in its first
+        epoch: only its manifest copy, history and temporary files) is taken over.
+        """
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise UsageProblem(f"--out {path}: exists and is not a folder")
+        if path.is_dir():
+            try:
+                names = [e.name for e in os.scandir(path)]
+            except OSError as exc:
+                raise UsageProblem(f"--out {path}: cannot read folder: {exc.strerror or exc}") from None
+            if names and not abandoned_run(path):
+                if "checkpoint.safetensors" in names or "model.safetensors" in names:
+                    raise UsageProblem(f"--out {path}: holds a run; continue it with --resume {path}, or choose a "
+                                       f"new folder")
+                raise UsageProblem(f"--out {path}: folder is not empty; choose a new one (or continue a run with "
+                                   f"--resume)")
+        else:
+            existing = path.parent
+            while not existing.exists() and existing.parent != existing:
+                existing = existing.parent
+            if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+                raise UsageProblem(f"--out {path}: cannot create the folder in {existing}")
+
     @classmethod
     def create(cls, out: str | os.PathLike | None, name: str) -> RunDir:
         """A new folder: ``out`` as given (must not hold a run yet) or ``runs/<time>-<name>``."""
         if out is not None:
             path = Path(out)
-            if path.exists() and not path.is_dir():
-                raise UsageProblem(f"--out {path}: exists and is not a folder")
-            if path.is_dir() and any(path.iterdir()):
-                raise UsageProblem(f"--out {path}: folder is not empty; choose a new one (or continue a run with --resume)")
+            cls.check_new(path)
+            if path.is_dir() and any(path.iterdir()):  # abandoned: only what a run that never got a model leaves
+                cls(path).remove_if_unused()
+                from imgcls.fsutil import sweep_stale_temps
+
+                sweep_stale_temps(path)
+                info(f"--out {path}: reusing the folder of a run that stopped before its first epoch ended")
             path.mkdir(parents=True, exist_ok=True)
+            _hold(path)
             return cls(path)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         DEFAULT_RUNS.mkdir(parents=True, exist_ok=True)
@@ -63,6 +95,7 @@ class RunDir:
             path = DEFAULT_RUNS / (f"{stamp}-{name}" if i == 1 else f"{stamp}-{name}-{i}")
             try:
                 path.mkdir()
+                _hold(path)
                 return cls(path)
             except FileExistsError:
                 continue
@@ -76,6 +109,9 @@ class RunDir:
             p = self.path / name
             if p.exists():
                 p.unlink()
+        fd = _HELD.pop(str(self.path.resolve()), None)
+        if fd is not None:
+            os.close(fd)
         try:
             self.path.rmdir()
         except OSError:
@@ -85,7 +121,10 @@ class RunDir:
     def write_history(self, history: list[dict[str, Any]]) -> None:
         from imgcls.fsutil import write_text_atomic
 
-        write_text_atomic(self.history_path, "".join(json.dumps(h) + "\n" for h in history))
+        from imgcls.manifest import _finite
+
+        # standard JSON only: a diverged epoch's NaN loss is written as null
+        write_text_atomic(self.history_path, "".join(json.dumps(_finite(h), allow_nan=False) + "\n" for h in history))
 
     def write_plot(self, history: list[dict[str, Any]]) -> bool:
         """learning_curves.png when matplotlib is installed (optional dependency)."""
@@ -144,6 +183,63 @@ class RunDir:
                 write_text_atomic(link, str(self.path.resolve()) + "\n")
             except OSError as exc:
                 detail(f"cannot update {link}: {exc}")
+
+
+RUN_FILES_WITHOUT_MODEL = frozenset({"manifest.jsonl", "history.jsonl", "learning_curves.png"})
+_HELD: dict[str, int] = {}
+
+
+def _hold(path: Path) -> None:
+    """A shared lock on the run folder for this process's life: another run can tell it is in use."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        _HELD[str(path.resolve())] = fd
+    except (OSError, ImportError):
+        pass
+
+
+def _in_use(path: Path) -> bool:
+    """Whether another live process holds the run folder (see :func:`_hold`)."""
+    if str(path.resolve()) in _HELD:  # this process: its run in the folder is over (one run per process)
+        return False
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+    except (OSError, ImportError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the probe's lock
+    return False
+
+
+def abandoned_run(path: Path) -> bool:
+    """A run folder that never got a model or checkpoint: its own files and dead processes' temporary files only."""
+    from imgcls.fsutil import TEMP_PATTERN, pid_alive
+
+    try:
+        names = [e.name for e in os.scandir(path)]
+    except OSError:
+        return False
+    if "manifest.jsonl" not in names or _in_use(path):
+        return False
+    for name in names:
+        if name in RUN_FILES_WITHOUT_MODEL:
+            continue
+        match = TEMP_PATTERN.match(name)
+        if match and not pid_alive(int(match["pid"])):
+            continue
+        return False
+    return True
 
 
 def resolve_run(path: str | os.PathLike) -> Path:
