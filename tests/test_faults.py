@@ -243,6 +243,7 @@ def test_faults_output_to_a_symlink_writes_its_target(tiny, tmp_path, dangling):
 @pytest.mark.parametrize("command,option,victim", [
     ("prepare", "-o", "manifest"), ("prepare", "-o", "image"), ("prepare", "--rejects", "image"),
     ("train", "-o", "manifest"), ("eval", "-o", "manifest"), ("eval", "--predictions", "manifest"),
+    ("eval", "--html", "manifest"),
 ])
 def test_faults_output_never_overwrites_an_input(tiny, run, tmp_path, command, option, victim):
     folder = make_class_folder(tmp_path / "src", per_class=6, size=8)

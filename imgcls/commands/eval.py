@@ -135,9 +135,14 @@ def command(manifest: str, models: tuple[str, ...], split: str, as_json: bool, o
     inputs = [manifest]
     output_target = check_output(output, "-o", inputs=inputs) if output is not None else None
     predictions_target = check_output(predictions, "--predictions", inputs=inputs) if predictions else None
-    if (output_target is not None and predictions_target is not None and output_target.path is not None
-            and output_target.path == predictions_target.path):
-        raise UsageProblem(f"-o {output} and --predictions {predictions} name the same file")
+    html_target = check_output(html_file, "--html", inputs=inputs) if html_file is not None else None
+    named = [(t, f"{option} {value}") for t, option, value in
+             ((output_target, "-o", output), (predictions_target, "--predictions", predictions),
+              (html_target, "--html", html_file)) if t is not None and t.path is not None]
+    for i, (target, label) in enumerate(named):
+        for other, other_label in named[i + 1:]:
+            if target.path == other.path:
+                raise UsageProblem(f"{label} and {other_label} name the same file")
     if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
         raise UsageProblem(f"--report {report_dir}: exists and is not a folder")
     header, records, reader = read_all(open_input(manifest))
@@ -184,11 +189,11 @@ def command(manifest: str, models: tuple[str, ...], split: str, as_json: bool, o
             info(f"{n} predictions written to {predictions}")
     if as_json:
         click.echo(text, nl=False)
-    pages = [p for p in (html_file, report_dir / "index.html" if report_dir is not None else None) if p]
+    pages = [p for p in (html_target, report_dir / "index.html" if report_dir is not None else None) if p]
     if pages:
         from imgcls.evaluation.htmlassets import write_pages
 
-        write_pages(evaluations, document, pages, device=device)
+        write_pages(evaluations, document, pages, device=device, inputs=inputs)
     if report_dir is not None:
         _write_pictures(evaluations, report_dir)
 

@@ -26,7 +26,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 # -- escaping ---------------------------------------------------------------------------------------
@@ -968,12 +967,3 @@ def render_html(document: dict[str, Any], assets: ReportAssets | None = None, *,
         Markup("</body></html>\n"),
     ])
     return str(page)
-
-
-def write_html(path: str | Path, document: dict[str, Any], assets: ReportAssets | None = None) -> Path:
-    """Write the page atomically (complete or absent)."""
-    from imgcls.fsutil import write_text_atomic
-
-    path = Path(path)
-    write_text_atomic(path, render_html(document, assets))
-    return path

@@ -118,18 +118,18 @@ def collect_assets(evaluations: Sequence[Any], document: dict[str, Any], *, devi
     return assets
 
 
-def write_pages(evaluations: Sequence[Any], document: dict[str, Any], paths: Sequence[Path], *,
-                device: str = "cpu") -> list[Path]:
-    """Render the page once and write it (atomically) to each path; say so on stderr."""
+def write_pages(evaluations: Sequence[Any], document: dict[str, Any], paths: Sequence[Any], *,
+                device: str = "cpu", inputs: Sequence[Any] = ()) -> list[Any]:
+    """Render the page once and write it to each path or checked output target (complete or absent); say so."""
     from imgcls.console import info, warn
     from imgcls.evaluation.html import render_html
-    from imgcls.fsutil import write_text_atomic
+    from imgcls.fsutil import write_output
 
     assets = collect_assets(evaluations, document, device=device)
     for n in assets.notes:
         warn(n)
     text = render_html(document, assets)
     for path in paths:
-        write_text_atomic(path, text)
-        info(f"HTML report written to {path} ({len(text.encode('utf-8')) / 1e6:.1f} MB)")
+        write_output(path, text, option="--html", inputs=inputs)
+        info(f"HTML report written to {getattr(path, 'given', path)} ({len(text.encode('utf-8')) / 1e6:.1f} MB)")
     return list(paths)
