@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from imgcls.commands._common import common_options, open_input
+from imgcls.commands._onnx import onnx_options
 
 
 def _sanitize(obj: Any) -> Any:
@@ -75,11 +76,12 @@ def _sanitize(obj: Any) -> Any:
 @click.option("--no-cache", is_flag=True,
               help="Decode the images on the fly (a thread pool feeding the model) without reading or "
                    "writing the cache.")
+@onnx_options
 @common_options
 def command(manifest: str, models: tuple[str, ...], split: str, as_json: bool, output: Path | None,
             predictions: str | None, report_dir: Path | None, html_file: Path | None, top_k: int | None,
             bins: int, n_errors: int, ignore_unknown: bool, batch_size: int, workers: int | None, device: str, tta: bool,
-            cache_dir: Path | None, no_cache: bool) -> None:
+            cache_dir: Path | None, no_cache: bool, overrides) -> None:
     """Evaluate a model on a manifest: metrics, errors, calibration, robustness.
 
     Reads the manifest from MANIFEST or stdin ('-'), takes the records of --split
@@ -97,6 +99,9 @@ def command(manifest: str, models: tuple[str, ...], split: str, as_json: bool, o
     pairs and classes never predicted. Records carrying "perturbation"/"severity"
     (imgcls perturb) are also grouped by them against clean accuracy (records
     without a perturbation).
+
+    An ONNX model (imgcls export) runs through onnxruntime, without torch; an int8
+    one is scored next to the float model it was quantised from.
 
     Manifest labels are matched to the model's classes by name. Every selected image
     must be readable. The report is printed on stderr; stdout carries only --json or
@@ -120,7 +125,7 @@ def command(manifest: str, models: tuple[str, ...], split: str, as_json: bool, o
         prediction_records,
         select_records,
     )
-    from imgcls.evaluation.inference import resolve_device
+    from imgcls.evaluation import backends
     from imgcls.evaluation.progress import progress_bar
     from imgcls.manifest import read_all
 
@@ -149,8 +154,10 @@ def command(manifest: str, models: tuple[str, ...], split: str, as_json: bool, o
     model_paths = check_model_given(models, reader.header, reader.name)
     if predictions and len(model_paths) > 1:
         raise UsageProblem("--predictions takes one model; run eval once per model to write their predictions")
+    model_paths = backends.with_float_sources(model_paths, overrides)
+    backends.check_options(model_paths, tta=tta)
     selection = select_records(records, reader.resolve, split, reader.name)
-    device = resolve_device(device)
+    device = backends.resolve_device(device, model_paths)
 
     cache = resolve_cache_dir(cache_dir, enabled=not no_cache)
 
@@ -160,7 +167,7 @@ def command(manifest: str, models: tuple[str, ...], split: str, as_json: bool, o
     evaluations = [
         evaluate_model(path, selection, device=device, batch_size=batch_size, workers=workers, tta=tta, top_k=top_k,
                        bins=bins, n_errors=n_errors, ignore_unknown=ignore_unknown, cache_dir=cache,
-                       progress=progress)
+                       progress=progress, overrides=overrides)
         for path in model_paths
     ]
     document = _sanitize(build_document(

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from imgcls.commands._common import common_options
+from imgcls.commands._onnx import onnx_options
 from imgcls.evaluation.predicting import CACHE_MIN_IMAGES
 
 
@@ -44,10 +45,11 @@ from imgcls.evaluation.predicting import CACHE_MIN_IMAGES
 @click.option("--no-cache", is_flag=True,
               help="Decode the images on the fly (a thread pool feeding the model) without reading or "
                    "writing the cache.")
+@onnx_options
 @common_options
 def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: bool, as_table: bool, tta: bool,
             explain_dir: Path | None, batch_size: int, workers: int | None, device: str, cache_dir: Path | None,
-            no_cache: bool) -> None:
+            no_cache: bool, overrides) -> None:
     """Predict labels of images with a trained model.
 
     \b
@@ -61,6 +63,7 @@ def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: boo
     With no INPUTS and a pipe on stdin, '-' is assumed.
 
     The model is --model, else $IMGCLS_MODEL, else runs/latest; stderr says which.
+    An ONNX file (imgcls export) runs through onnxruntime, without torch.
     Each image is preprocessed exactly as the model was trained (size, channels,
     mean/std from its file), so predict and eval give the same probabilities;
     grayscale and colour images are converted to the model's channels.
@@ -85,25 +88,28 @@ def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: boo
         if sys.stdin.isatty():
             raise UsageProblem("no images given: pass image files, folders, a manifest, or '-' for paths on stdin")
         inputs = ("-",)
+    from imgcls.evaluation import backends
+
+    model_path, source = resolve_model(model)
+    backends.check_options([model_path], tta=tta, explain=explain_dir is not None)
     if explain_dir is not None:
         from imgcls.evaluation.explain import require_gradcam
 
         require_gradcam("--explain")
-    model_path, source = resolve_model(model)
     paths, notes = gather_inputs(inputs, stdin=sys.stdin)
     for note in notes:
         warn(note)
     if not paths:
         raise DataError("no images to predict: " + "; ".join(notes or ["the inputs list no image"]))
 
-    from imgcls.evaluation.inference import predict_batches, resolve_device
+    from imgcls.evaluation.inference import predict_batches
     from imgcls.evaluation.predicting import cache_for, rows_in_order
     from imgcls.evaluation.progress import progress_bar
-    from imgcls.models.io import load_model
 
-    device = resolve_device(device)
-    net, minfo = load_model(model_path, device)
-    info(f"model: {model_path} (from {source}; {minfo.arch}, {len(minfo.classes)} classes, "
+    device = backends.resolve_device(device, [model_path])
+    net, minfo = backends.load(model_path, device, overrides)
+    runtime = " via onnxruntime" if backends.is_onnx_path(model_path) else ""
+    info(f"model: {model_path} (from {source}; {minfo.arch}{runtime}, {len(minfo.classes)} classes, "
          f"{minfo.image_size} px, {minfo.channels} ch)")
     cache = cache_for(len(paths), cache_dir, enabled=not no_cache)
     detail(f"{len(paths)} images, device {device}" + (", TTA" if tta else "")

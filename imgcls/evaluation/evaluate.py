@@ -137,27 +137,30 @@ def evaluate_model(
     ignore_unknown: bool = False,
     cache_dir: Path | None = None,
     progress: Callable[[int, str], Any] | None = None,
+    overrides: Any = None,
 ) -> ModelEvaluation:
     """Run one model over the selection and build its report (see docs/eval-json-schema.json).
 
     With ``cache_dir`` the decoded images come from (or go to) the decoded-image cache
     shared with train (:mod:`imgcls.cache`); without it they are decoded in a thread
     pool that streams batches to the model. ``progress(total, description)`` returns a
-    context manager yielding ``advance(n)``.
+    context manager yielding ``advance(n)``. An ONNX model runs through onnxruntime
+    (:mod:`imgcls.evaluation.backends`; ``overrides``: --classes/--size for a foreign file).
     """
+    from imgcls.evaluation import backends
     from imgcls.evaluation import metrics as M
     from imgcls.evaluation.inference import decode_all, model_label, predict_array, predict_batches
-    from imgcls.models.io import load_model, read_model_info, resolve_model_path
+    from imgcls.models.io import resolve_model_path
 
     progress = progress or _no_progress
     path = resolve_model_path(model_path)
-    info = read_model_info(path)  # cheap: check labels before loading weights
+    info = backends.read_info(path, overrides)  # cheap: check labels before loading weights
     keep, y_true, unknown = map_labels(selection.records, info.classes, path, ignore_unknown)
     if not keep:
         raise DataError(f"{path}: none of the {len(selection.records)} selected images has a label this model knows")
     records = [selection.records[i] for i in keep]
     paths = [selection.paths[i] for i in keep]
-    model, info = load_model(path, device)
+    model, info = backends.load(path, device, overrides)
     name = model_label(path)
 
     probs = np.empty((len(paths), len(info.classes)))

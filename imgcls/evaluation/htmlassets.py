@@ -75,7 +75,9 @@ def model_assets(ev: Any, *, device: str = "cpu", explain: bool = True) -> Model
     assets.mistakes = [{"image": thumbnail_uri(img) if img is not None else None, "cam_pred": None, "cam_true": None}
                        for img in images]
     shown = [k for k, img in enumerate(images) if img is not None]
-    if not explain or not shown:
+    from imgcls.evaluation.onnx_backend import is_onnx_path
+
+    if not explain or not shown or is_onnx_path(ev.path):  # Grad-CAM needs the torch model's gradients
         return assets
     from imgcls.evaluation.explain import find_target_layer, gradcam, overlay
     from imgcls.images import image_to_uint8
@@ -104,7 +106,11 @@ def collect_assets(evaluations: Sequence[Any], document: dict[str, Any], *, devi
     (a note on the page says how to get it otherwise)."""
     from imgcls.evaluation.explain import EXPLAIN_HINT, have_gradcam
 
+    from imgcls.evaluation.onnx_backend import is_onnx_path
+
     notes = []
+    if explain is None and all(is_onnx_path(ev.path) for ev in evaluations):
+        explain = False  # Grad-CAM runs on torch models only: no note, and no torch import for it
     if explain is None:
         explain = have_gradcam()
         if not explain:

@@ -147,6 +147,9 @@ def iter_decoded(
 
 def _probabilities(model, info, array: np.ndarray, device: str, tta: bool) -> np.ndarray:
     """Softmax probabilities (float64, rows summing to 1) for a uint8 N x H x W x C batch."""
+    runner = getattr(model, "imgcls_probabilities", None)
+    if runner is not None:  # an exported model (imgcls.evaluation.onnx_backend): numpy in, numpy out, no torch
+        return runner(array, tta)
     import torch
 
     from imgcls.models.preprocess import normalize
@@ -163,6 +166,17 @@ def _probabilities(model, info, array: np.ndarray, device: str, tta: bool) -> np
     probs = p.double().cpu().numpy()
     probs /= probs.sum(axis=1, keepdims=True)  # an exact simplex for log loss
     return probs
+
+
+def _inference_mode(model):
+    """torch.inference_mode() for a torch model; nothing for an exported one (no torch import)."""
+    if hasattr(model, "imgcls_probabilities"):
+        import contextlib
+
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.inference_mode()
 
 
 def predict_batches(
@@ -192,8 +206,6 @@ def predict_batches(
     rely on that), and a cached "unreadable" would outlive a cause that was not the
     file's content (permissions, I/O errors).
     """
-    import torch
-
     if batch_size < 1:
         raise UsageProblem("--batch-size must be at least 1")
     workers = default_workers() if workers is None else workers
@@ -217,7 +229,7 @@ def predict_batches(
         except OSError as exc:  # a read-only or full cache must not stop the work
             detail(f"cannot write cache entry in {folder}: {exc}")
     try:
-        with torch.inference_mode():
+        with _inference_mode(model):
             for indices, array, errors in iter_decoded(paths, info.image_size, info.channels, batch_size, workers):
                 if writer is not None:
                     writer = _append_or_drop(writer, array if not errors else None)
@@ -270,11 +282,9 @@ def predict_array(
     on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[Batch]:
     """Like :func:`predict_batches` for images already decoded (a uint8 N x H x W x C array or memmap)."""
-    import torch
-
     if batch_size < 1:
         raise UsageProblem("--batch-size must be at least 1")
-    with torch.inference_mode():
+    with _inference_mode(model):
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             probs = _probabilities(model, info, chunk, device, tta)
@@ -323,4 +333,6 @@ def model_label(path: str | os.PathLike) -> str:
     path = Path(path).resolve()  # runs/latest -> the run folder it points at
     if path.name == "model.safetensors" and path.parent.name:
         return path.parent.name
+    if path.suffix.lower() == ".onnx":  # told apart from the torch model it was exported from
+        return f"{path.parent.name}.onnx" if path.name == "model.onnx" and path.parent.name else path.name
     return path.stem

@@ -1,8 +1,21 @@
 """Model registry, architectures and the model file format.
 
-Importing this package registers every architecture (it imports torch; torchvision
-is imported only when a torchvision backbone is built).
+Importing this package costs nothing: the architectures (and with them torch) are
+imported when the registry is first asked for one (:data:`ARCH_MODULES`, loaded by
+:func:`imgcls.models.registry.get_spec` and friends), so :mod:`imgcls.models.io` can read
+a model file's metadata, and predict can run an ONNX model, without torch. torchvision is
+imported only when a torchvision backbone is built.
 """
 
-from imgcls.models import cnn, torchvision_models  # noqa: F401  (register the architectures)
-from imgcls.models.registry import ArchSpec, get_model, get_spec, list_models, register_model  # noqa: F401
+# The modules whose import registers architectures (register_model), in listing order.
+ARCH_MODULES = ("imgcls.models.cnn", "imgcls.models.torchvision_models")
+
+_REGISTRY_API = ("ArchSpec", "get_model", "get_spec", "list_models", "register_model")
+
+
+def __getattr__(name: str):  # PEP 562: ``from imgcls.models import get_model`` still works
+    if name in _REGISTRY_API:
+        from imgcls.models import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'imgcls.models' has no attribute {name!r}")

@@ -26,6 +26,20 @@ class ArchSpec:
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
+_loaded = False
+
+
+def _load_architectures() -> None:
+    """Import the modules that register the architectures (imgcls.models.ARCH_MODULES), once."""
+    global _loaded
+    if not _loaded:
+        from importlib import import_module
+
+        from imgcls.models import ARCH_MODULES
+
+        for module in ARCH_MODULES:
+            import_module(module)
+        _loaded = True
 
 
 def register_model(
@@ -49,10 +63,12 @@ def register_model(
 
 
 def list_models() -> list[str]:
+    _load_architectures()
     return sorted(_REGISTRY)
 
 
 def get_spec(name: str) -> ArchSpec:
+    _load_architectures()
     try:
         return _REGISTRY[name]
     except KeyError:
