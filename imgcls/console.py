@@ -91,21 +91,48 @@ def _line(message: Any, style: str | None = None, prefix: tuple[str, str] | None
     return Text.assemble(prefix, " ", body)
 
 
+def _plain_stderr():
+    """sys.stderr when rich would write plain text to it anyway (not a terminal, colour not forced), else None.
+
+    Then a line is written directly: the same characters, without importing rich (about 70 ms of
+    every ``imgcls predict`` in a cron job or pipe).
+    """
+    import os
+
+    if any(os.environ.get(name) for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")):
+        return None
+    stream = sys.stderr
+    try:
+        return None if stream is None or stream.isatty() else stream
+    except (AttributeError, ValueError):
+        return None
+
+
+def _emit(message: Any, style: str | None = None, prefix: tuple[str, str] | None = None) -> None:
+    stream = _plain_stderr()
+    if stream is None or "rich" in sys.modules and not isinstance(message, str):
+        get_console().print(_line(message, style, prefix))
+        return
+    text = visible(message)
+    stream.write(f"{prefix[0]} {text}\n" if prefix else f"{text}\n")
+    stream.flush()
+
+
 def info(message: Any, style: str | None = None) -> None:
     """A normal progress or summary line; silenced by -q."""
     if settings.verbosity >= 0:
-        get_console().print(_line(message, style))
+        _emit(message, style)
 
 
 def detail(message: Any) -> None:
     """Extra detail shown with -v."""
     if settings.verbosity >= 1:
-        get_console().print(_line(message, "dim"))
+        _emit(message, "dim")
 
 
 def warn(message: Any) -> None:
     """Something the user should know even with -q."""
-    get_console().print(_line(message, prefix=("warning:", "yellow")))
+    _emit(message, prefix=("warning:", "yellow"))
 
 
 def table(*columns: str | tuple[str, dict[str, Any]], **options: Any):

@@ -83,6 +83,10 @@ class ErrorDescription:
         return iter((self.code, self.message))
 
 
+# import name -> pip name of the dependencies an ONNX-only install leaves out (README, "Predicting without torch")
+CORE_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "sklearn": "scikit-learn",
+                 "safetensors": "safetensors"}
+
 MEMORY_MESSAGE = ("out of memory: this command needs more memory than is free here "
                   "(rerun with --debug to see where)")
 
@@ -113,6 +117,13 @@ def describe_error(exc: BaseException) -> ErrorDescription:
         return ErrorDescription(exc.exit_code, str(exc))
     if isinstance(exc, MemoryError):
         return ErrorDescription(1, MEMORY_MESSAGE)
+    top = (exc.name or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
+    if top in CORE_PACKAGES:
+        # an install without the heavy dependencies (README: predicting with an ONNX model) met a command
+        # or a model that needs one of them
+        return ErrorDescription(1, f"this needs {CORE_PACKAGES[top]}, which is not installed here: pip install "
+                                   f"{CORE_PACKAGES[top]} (an install without torch predicts and evaluates ONNX "
+                                   f"models only)")
     if isinstance(exc, OSError):
         reason = exc.strerror or brief(exc)
         return ErrorDescription(1, f"{exc.filename}: {reason}" if exc.filename else reason)

@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from imgcls.errors import ImgclsError, ModelError, brief
 
 FORMATS = ("onnx", "torchscript")
@@ -125,6 +123,7 @@ def _wrap(model):
 
 
 def _example(info, batch: int):
+    import numpy as np
     import torch
 
     from imgcls.models.preprocess import normalize
@@ -279,6 +278,7 @@ def _onnx_runner(data: bytes, info, parameters: int):
 
 def _torchscript_runner(data: bytes, info):
     """An object scoring uint8 batches with the saved TorchScript module, as predict would."""
+    import numpy as np
     import torch
 
     from imgcls.models.preprocess import normalize
@@ -298,6 +298,8 @@ def _torchscript_runner(data: bytes, info):
 
 def check_inputs(info, images: np.ndarray | None = None) -> np.ndarray:
     """uint8 images to compare on: random pixels, a flat grey image, and real ones where given."""
+    import numpy as np
+
     rng = np.random.default_rng(1)
     shape = (info.image_size, info.image_size, info.channels)
     parts = [rng.integers(0, 256, (2, *shape), dtype=np.uint8), np.full((1, *shape), 128, dtype=np.uint8)]
@@ -308,6 +310,8 @@ def check_inputs(info, images: np.ndarray | None = None) -> np.ndarray:
 
 def compare(runner, model, info, images: np.ndarray, batches: Sequence[int] = CHECK_BATCHES) -> CheckResult:
     """Max |probability difference| of ``runner`` against the torch model on ``images``, in batches of each size."""
+    import numpy as np
+
     from imgcls.evaluation.inference import _probabilities
 
     import torch
@@ -407,6 +411,8 @@ def _opset(data: bytes) -> int | None:
 
 def quantize_int8(graph: bytes, calibration: np.ndarray, info) -> bytes:
     """onnxruntime's static int8 quantisation of a float graph, calibrated on ``calibration`` (uint8 images)."""
+    import numpy as np
+
     import tempfile
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static

@@ -75,11 +75,14 @@ def _threads() -> int:
 
 
 def resolve_device(name: str) -> str:
-    """'auto'/'cpu' -> 'cpu'; 'cuda[:N]' only with onnxruntime's CUDA provider (onnxruntime-gpu)."""
+    """'auto' -> 'cuda' with onnxruntime's CUDA provider (onnxruntime-gpu), else 'cpu'; 'cuda[:N]' only with it."""
     from imgcls.evaluation.inference import DEVICES_HELP
 
     name = (name or "auto").strip().lower()
-    if name in ("auto", "cpu"):
+    if name == "auto":
+        ort = require_onnxruntime("an ONNX model")
+        return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    if name == "cpu":
         return "cpu"
     if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
         ort = require_onnxruntime("an ONNX model")
