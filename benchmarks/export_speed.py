@@ -15,6 +15,9 @@ calibrated on 64 of the eval images); then
   the model alone: the first model decodes, every model's time excludes it) and once with
   --no-cache (decoding threads feeding the model, end to end).
 
+``--light-venv DIR`` adds the ONNX file predicted by DIR/bin/imgcls, an install without torch
+made as the README says (``pip install --no-deps imgcls`` plus the light packages).
+
 The machine is shared: the load average (1 min) is printed before and after each part, and
 best-of-N is the figure to quote. Prints one JSON document.
 """
@@ -94,17 +97,22 @@ def bench_arch(arch: str, size: int, args, tmp: Path, imgcls: list[str], env: di
     out["int8_mb"] = round(int8_path.stat().st_size / 1e6, 2)
 
     models = {"safetensors": st, "onnx": onnx_path, "int8": int8_path}
-    cold: dict[str, list[float]] = {name: [] for name in models}
-    for path in models.values():  # warm the page cache
-        run([*imgcls, "predict", str(one), "-m", str(path), "--json"], env)
+    runners = {name: imgcls for name in models}
+    if args.light_venv:  # the same ONNX file from an install without torch (README, "Predicting without torch")
+        runners["onnx_torch_free_venv"] = [str(Path(args.light_venv) / "bin" / "imgcls")]
+    files = {**models, "onnx_torch_free_venv": onnx_path}
+    cold: dict[str, list[float]] = {name: [] for name in runners}
+    for name, runner in runners.items():  # warm the page cache
+        run([*runner, "predict", str(one), "-m", str(files[name]), "--json"], env)
     out["load_before_cold"] = load()
     for _ in range(args.repeat):
-        for name, path in models.items():
-            cold[name].append(run([*imgcls, "predict", str(one), "-m", str(path), "--json"], env)[0])
+        for name, runner in runners.items():
+            cold[name].append(run([*runner, "predict", str(one), "-m", str(files[name]), "--json"], env)[0])
     out["load_after_cold"] = load()
     out["predict_one_jpg_s"] = {name: stats(values) for name, values in cold.items()}
 
-    for mode, extra in (("cached", ["--cache-dir", str(folder / "cache")]), ("streamed", ["--no-cache"])):
+    for mode, extra in () if args.skip_eval else (("cached", ["--cache-dir", str(folder / "cache")]),
+                                                  ("streamed", ["--no-cache"])):
         cmd = [*imgcls, "eval", str(manifest), "--json", "-q", *extra]
         for path in models.values():
             cmd += ["-m", str(path)]
@@ -125,6 +133,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--eval-images", type=int, default=256)
     parser.add_argument("--no-dynamo", action="store_true", help="skip timing the dynamo exporter")
+    parser.add_argument("--light-venv", metavar="DIR",
+                        help="also time predict of the ONNX file with DIR/bin/imgcls (a venv without torch)")
+    parser.add_argument("--skip-eval", action="store_true", help="cold start only")
     args = parser.parse_args()
 
     script = Path(sys.executable).with_name("imgcls")

@@ -47,9 +47,13 @@ def case(name: str, prepare: str, train: str, tmp: Path, env: dict) -> dict:
     proc = sh("imgcls eval data.jsonl -m run -m run/model.onnx -m run/model-int8.onnx --json -q --no-cache",
               folder, env)
     document = json.loads(proc.stdout)
+    labels = {str((folder / "run" / "model.safetensors").resolve()): "torch",
+              str((folder / "run" / "model.onnx").resolve()): "onnx",
+              str((folder / "run" / "model-int8.onnx").resolve()): "int8"}
+    assert len(document["models"]) == 3, [r["model"]["path"] for r in document["models"]]
     models = {}
-    for label, report in zip(("torch", "onnx", "int8"), document["models"]):
-        models[label] = {"accuracy": round(report["metrics"]["accuracy"], 4),
+    for report in document["models"]:
+        models[labels[report["model"]["path"]]] = {"accuracy": round(report["metrics"]["accuracy"], 4),
                          "log_loss": round(report["metrics"]["log_loss"], 4),
                          "images_per_second": round(report["speed"]["images_per_second"], 1)}
     return {"case": name, "train": train, "n_test": document["models"][0]["n_images"], "models": models,

@@ -388,3 +388,8 @@ def test_export_int8_is_scored_next_to_the_float_model(world, tmp_path):
     assert float_report["model"]["path"] == str(world["model"].resolve())
     assert int8_report["model"]["path"] == str(out.resolve())
     assert abs(int8_report["metrics"]["accuracy"] - float_report["metrics"]["accuracy"]) <= 1 / 12
+    assert int8_report["metrics"]["log_loss"] != float_report["metrics"]["log_loss"]  # really the int8 graph
+    # the float model already given (as its run folder) is not scored twice
+    result = _invoke(["eval", world["manifest"], "-m", world["model"].parent, "-m", out, "--json", "-q"])
+    assert [m["model"]["path"] for m in json.loads(result.stdout)["models"]] == [
+        str(world["model"].resolve()), str(out.resolve())]

@@ -107,8 +107,11 @@ def float_source(info: Any) -> str | None:
 
 
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two model arguments name one model file (a run folder names its model.safetensors)."""
+    from imgcls.models.io import resolve_model_path
+
     try:
-        return os.path.samefile(a, b)
+        return os.path.samefile(resolve_model_path(a), resolve_model_path(b))
     except OSError:
         return False
 
