@@ -112,6 +112,7 @@ def test_export_predict_and_eval_of_onnx_import_no_torch(world):
     assert json.loads(proc.stderr.strip().splitlines()[-1]) == {"heavy": []}
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_export_torchscript_carries_metadata_and_matches(world, tmp_path):
     import torch
 
