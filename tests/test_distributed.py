@@ -108,7 +108,7 @@ def test_distributed_frozen_head_matches_one_process(data, tmp_path, invoke):
     2 ranks x batch 4 see exactly the images of one process's batch of 8 at every step (the shard
     takes every other index of the same permutation), so without dropout the weights must agree.
     """
-    args = [*TINY, "--freeze", "--dropout", "0", "--epochs", "2"]
+    args = [*TINY, "--freeze", "--head", "linear", "--dropout", "0", "--epochs", "2"]
     proc = torchrun(["train", data, *args, "--batch-size", "4", "--out", tmp_path / "ddp"],
                     cwd=tmp_path, cache=tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,8 +1,8 @@
 """Model registry, architectures and the model file format.
 
-Importing this package registers every architecture (it imports torch; torchvision
-is imported only when a torchvision backbone is built).
+Importing this package costs no torch: the architectures register themselves at the first
+look-up (:func:`get_spec`, :func:`get_model`, :func:`list_models`), and the architecture
+table for help texts is torch-free (:mod:`imgcls.models.catalog`).
 """
 
-from imgcls.models import cnn, torchvision_models  # noqa: F401  (register the architectures)
 from imgcls.models.registry import ArchSpec, get_model, get_spec, list_models, register_model  # noqa: F401
