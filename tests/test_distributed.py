@@ -125,6 +125,20 @@ def test_distributed_frozen_head_matches_one_process(data, tmp_path, invoke):
         assert x["val_acc"] == y["val_acc"] and x["train_acc"] == y["train_acc"]
 
 
+@pytest.mark.slow
+def test_distributed_frozen_logreg_head_matches_one_process(data, tmp_path, invoke):
+    """A closed-form head under torchrun: gathered features, the same fit on every rank, rank 0 writes."""
+    args = [*TINY, "--freeze", "--head", "logreg"]
+    proc = torchrun(["train", data, *args, "--out", tmp_path / "ddp"], cwd=tmp_path, cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = invoke(["train", data, *args, "--out", tmp_path / "one"])
+    assert single.exit_code == 0, single.stderr
+    a, b = load_file(str(tmp_path / "ddp" / "model.safetensors")), load_file(str(tmp_path / "one" / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
+    assert len(read_jsonl((tmp_path / "ddp" / "history.jsonl").read_text())) == 1
+
+
 def test_distributed_failing_rank_ends_the_job_with_its_message(data, tmp_path):
     t0 = time.perf_counter()
     proc = torchrun(["train", data, *TINY, "--batch-size", "4", "--epochs", "1", "--out", tmp_path / "run"],

@@ -130,6 +130,16 @@ def test_train_list_archs_table_and_json(invoke):
     assert by_name["resnet18"]["default_size"] == 224 and by_name["resnet18"]["blocks"] == 5
     assert 11_000_000 < by_name["resnet18"]["parameters"] < 11_300_000  # backbone without the ImageNet head
     assert by_name["cnn"]["pretrained"] == "no" and by_name["cnn"]["default_size"] is None
+    assert len(rows) == 83 and by_name["vit_b_16"]["family"] == "vision_transformer"  # 3 scratch + torchvision's 80
+    swag = {w["name"]: w["size"] for w in by_name["vit_b_16"]["weights"]}
+    assert swag["IMAGENET1K_SWAG_E2E_V1"] == 384 and by_name["vit_b_16"]["default_weights"] == "IMAGENET1K_V1"
+    vit = invoke(["train", "--list-archs", "vit"])
+    names = [line.split()[0] for line in vit.stdout.splitlines()[1:]]
+    assert names == ["maxvit_t", "vit_b_16", "vit_b_32", "vit_h_14", "vit_l_16", "vit_l_32"]
+    assert "IMAGENET1K_SWAG_E2E_V1@384" in vit.stdout
+    glob = json.loads(invoke(["train", "--list-archs", "regnet_y_*", "--json"]).stdout)
+    assert len(glob) == 8 and all(r["family"] == "regnet" for r in glob)
+    assert "no architecture matches" in _one_line_error(invoke(["train", "--list-archs", "zzz"]), 2)
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -412,6 +422,11 @@ def test_train_usage_errors(invoke, manifest, tmp_path):
     message = _one_line_error(invoke(["train", str(manifest), "--arch", "resnet18", "--image-size", "16",
                                       "--no-pretrained"]), 2)
     assert "at least 32" in message
+    message = _one_line_error(invoke(["train", str(manifest), "--arch", "vit_b_16", "--weights-name", "SWAG"]), 2)
+    assert "IMAGENET1K_SWAG_E2E_V1" in message and "IMAGENET1K_V1" in message  # the valid names
+    message = _one_line_error(invoke(["train", str(manifest), "--arch", "resnet18", "--weights-name", "IMAGENET1K_V1",
+                                      "--no-pretrained"]), 2)
+    assert "--no-pretrained" in message
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     assert "not empty" in _one_line_error(_train(invoke, manifest, tmp_path / "full"), 2)
@@ -1016,3 +1031,34 @@ def test_train_head_needs_freeze_and_features_computed_once(invoke, manifest, tm
     views = invoke(["train", manifest, *frozen, "--feature-views", "2", "--out", tmp_path / "c"])
     assert views.exit_code == 0, views.stderr
     assert "ncm head fitted on 42 feature vectors" in views.stderr  # 21 images x 2 augmented views
+
+
+# -- timm backbones (the optional extra) --------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("vit_tiny_patch16_224", marks=pytest.mark.slow)])
+def test_train_timm_backbone_with_a_weights_file(invoke, manifest, tmp_path, name):
+    """--arch timm/NAME --weights FILE (offline): frozen logreg head, then eval, predict and finetune."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(2)
+    state = {k: v.contiguous() for k, v in timm.create_model(name, pretrained=False).state_dict().items()}
+    weights = tmp_path / "timm.safetensors"
+    save_file(state, str(weights))
+    out = tmp_path / "run"
+    result = invoke(["train", manifest, "--arch", f"timm/{name}", "--weights", weights, "--image-size", "32",
+                     "--freeze", "--out", out])
+    assert result.exit_code == 0, result.stderr
+    from imgcls.models.io import load_model, read_model_info
+
+    info = read_model_info(out)
+    cfg = timm.get_pretrained_cfg(name)
+    assert info.arch == f"timm/{name}" and info.image_size == 32 and info.head == "logreg"
+    assert info.mean == pytest.approx(list(cfg.mean)) and info.std == pytest.approx(list(cfg.std))  # timm's cfg
+    model, _ = load_model(out)
+    backbone = model.backbone.state_dict()
+    kept = [k for k in backbone if k in state and backbone[k].shape == state[k].shape]
+    assert kept and all(torch.equal(backbone[k], state[k]) for k in kept)
+    evaluated = invoke(["eval", manifest, "--split", "val", "--model", out, "--json"])
+    assert evaluated.exit_code == 0, evaluated.stderr
+    tuned = invoke(["finetune", manifest, "--model", out, "--unfreeze", "1", "--epochs", "1", "--out", tmp_path / "ft"])
+    assert tuned.exit_code == 0, tuned.stderr
+    assert read_model_info(tmp_path / "ft").trainable_blocks == 1

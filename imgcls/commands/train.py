@@ -36,6 +36,32 @@ WEIGHTS_NAME_HELP = (
     "otherwise. With --weights FILE it only names the preprocessing to assume when the file records none.")
 
 
+def man_sections() -> dict[str, str]:
+    """imgcls-train(1)'s ARCHITECTURES section, from the generated architecture table."""
+    from imgcls.models import catalog
+
+    families: dict[str, list[dict]] = {}
+    for a in catalog.torchvision_archs():
+        families.setdefault(a["family"], []).append(a)
+    paragraphs = [
+        "Scratch CNNs (input size and channels from the data): "
+        + "; ".join(f"{a['name']}: {a['description']}" for a in catalog.scratch_archs()) + ".",
+        f"torchvision's {len(catalog.torchvision_archs())} classification models, by family (the "
+        "torchvision module defining them), with the default input size (that of the default weights), "
+        "the blocks --unfreeze counts, and the weights --weights-name can pick (the default first):",
+    ]
+    for family, rows in sorted(families.items()):
+        items = []
+        for a in rows:
+            names = [a["default_weights"]] + [w["name"] for w in a["weights"] if w["name"] != a["default_weights"]]
+            items.append(f"{a['name']} ({a['default_size']} px, {a['blocks']} blocks; {', '.join(n for n in names if n)})")
+        paragraphs.append(f"{family}: " + "; ".join(items) + ".")
+    paragraphs.append("timm/NAME: any model of timm.list_models() (pip install 'imgcls[timm]'), optionally with a "
+                      "pretrained tag (timm/NAME.TAG, or --weights-name TAG); imgcls train --list-archs timm/PATTERN "
+                      "lists them.")
+    return {"ARCHITECTURES": "\n\n".join(paragraphs)}
+
+
 def _weights_column(row: dict) -> str:
     """IMAGENET1K_V2* (the default starred), other sizes noted: IMAGENET1K_SWAG_E2E_V1@384."""
     parts = []
