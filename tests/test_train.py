@@ -1062,3 +1062,21 @@ def test_train_timm_backbone_with_a_weights_file(invoke, manifest, tmp_path, nam
     tuned = invoke(["finetune", manifest, "--model", out, "--unfreeze", "1", "--epochs", "1", "--out", tmp_path / "ft"])
     assert tuned.exit_code == 0, tuned.stderr
     assert read_model_info(tmp_path / "ft").trainable_blocks == 1
+
+
+def test_train_closed_form_fit_stopped_by_sigterm_leaves_nothing(invoke, manifest, tmp_path, monkeypatch):
+    import signal
+
+    from imgcls.models import heads
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler or timeout(1) sends
+        raise AssertionError("SIGTERM did not stop the fit")
+
+    monkeypatch.setitem(heads.FITTERS, "logreg", stopped)
+    weights = _cnn_weights(tmp_path / "w.safetensors", 1)
+    out = tmp_path / "run"
+    result = invoke(["train", manifest, *TINY, "--freeze", "--weights", weights, "--out", out])
+    assert result.exit_code == 143 and result.stdout == ""
+    assert "stopped by signal 15" in result.stderr and "no model written" in result.stderr
+    assert not out.exists()

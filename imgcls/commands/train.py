@@ -21,7 +21,7 @@ HEAD_HELP = (
     "logreg and ncm fit in one step: --epochs, --lr, --batch-size, --optimizer, --schedule, --patience, "
     "--label-smoothing and --dropout do not apply; history.jsonl gets one line (epoch 1) and no checkpoint "
     "is written. All three end as an ordinary Linear head (logreg and ncm behind a parameter-free L2 "
-    "normalisation), so eval, predict, export and finetune work unchanged and a fine-tune starts from it. "
+    "normalisation), so eval, predict and finetune work unchanged and a fine-tune starts from it. "
     f"Default with --freeze: {DEFAULT_FROZEN_HEAD}, because in benchmarks/heads_study.py (docs/benchmarks.md: "
     "mobilenet_v2 features of Fashion-MNIST and cat/dog photos, 1 to 500 images per class, several seeds) "
     "it matched or beat a plain scikit-learn LogisticRegressionCV probe on the same features at every size "

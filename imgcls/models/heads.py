@@ -1,7 +1,7 @@
 """Heads fit in closed form on frozen-backbone features: ``logreg`` and ``ncm``.
 
 Both end as the Classifier's ordinary head, ``L2Normalize + Linear`` (``head_norm = "l2"``),
-so the model file is one plain safetensors file and eval, predict, export and finetune
+so the model file is one plain safetensors file and eval, predict and finetune
 treat it like any other; a fine-tune starts from these weights.
 
 * ``logreg``: multinomial logistic regression (scikit-learn, L-BFGS) on the L2-normalised

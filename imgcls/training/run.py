@@ -12,9 +12,10 @@ the run folder (the other ranks learn its path from rank 0).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -542,7 +543,6 @@ class Session:
         run.update_latest()
         return RunResult(run.path, run.model_path, result, self.cfg, self.classes, self.stop_signal)
 
-
     def _finish_closed_form(self) -> RunResult:
         """Fit a logreg/ncm head on the cached features, then write the model, a one-line history and the plot.
 
@@ -565,7 +565,7 @@ class Session:
             y = labels.cpu().repeat(len(views)).numpy()
             groups = np.tile(np.arange(n), len(views))
             val = (self.val_feed.features.float().cpu().numpy(), self.val_feed.labels.cpu().numpy())
-            with _fit_progress(cfg.head) as progress:
+            with _fit_progress(cfg.head) as progress, self._sigterm_stops():
                 fit = FITTERS[cfg.head](x, y, len(self.classes), val=val, groups=groups,
                                         class_weight=cfg.class_weights, seed=cfg.seed, progress=progress)
             linear = model.head[1]
@@ -595,11 +595,38 @@ class Session:
                 except Exception as exc:  # noqa: BLE001 - a plot is never worth failing a run for
                     detail(f"no learning-curve plot: {exc}")
                 run.update_latest()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM during the fit: no model, no run folder left behind
+            if self.is_main:
+                run.remove_if_unused()
+            return RunResult(run.path, None, FitResult(history=[], interrupted=True), cfg, self.classes,
+                             self.stop_signal)
         except BaseException:
             if self.is_main:
                 run.remove_if_unused()
             raise
         return RunResult(run.path, run.model_path, fit_result, cfg, self.classes, self.stop_signal)
+
+    @contextlib.contextmanager
+    def _sigterm_stops(self) -> Iterator[None]:
+        """SIGTERM raises KeyboardInterrupt (as in :meth:`_fit`), so a stopped fit ends like Ctrl-C."""
+        import signal
+        import threading
+
+        handled = (not self.dist.enabled and threading.current_thread() is threading.main_thread()
+                   and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+        if not handled:
+            yield
+            return
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            self.stop_signal = signum
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def closed_form_head(cfg: TrainConfig) -> bool:
