@@ -391,5 +391,5 @@ def test_models_without_timm_one_line_says_what_to_install(monkeypatch, invoke, 
         get_spec("timm/resnet18")
     result = invoke(["train", str(tmp_path / "none.jsonl"), "--arch", "timm/resnet18"])
     assert result.exit_code == 1
-    assert result.stderr.strip().splitlines() == ["Error: --arch timm/resnet18 needs timm, which is not installed: "
+    assert result.stderr.strip().splitlines() == ["Error: timm/resnet18 needs timm, which is not installed: "
                                                   "pip install 'imgcls[timm]'"]

@@ -38,7 +38,7 @@ def require_timm(arch: str = "timm/...") -> Any:
     try:
         import timm
     except ImportError:
-        raise ImgclsError(f"--arch {arch} needs timm, which is not installed: {INSTALL}") from None
+        raise ImgclsError(f"{arch} needs timm, which is not installed: {INSTALL}") from None
     return timm
 
 
