@@ -1,7 +1,7 @@
 """How much the imgcls pipeline costs on top of the model's own work (issue 6, benchmarks 1 and 2).
 
 1. frozen transfer learning: wall time of
-   ``imgcls train --arch mobilenet_v2 --freeze --epochs 10`` (process start, imports,
+   ``imgcls train --arch mobilenet_v2 --freeze --head linear --epochs 10`` (process start, imports,
    decoding, feature extraction, 10 epochs of the head, saving) divided by the time of one
    backbone forward pass over the same images already in memory (same threads, the fastest
    of several batch sizes). Target <= 1.3 (floor 1.0). Two runs: cold (empty decoded-image
@@ -95,7 +95,7 @@ def frozen_ratio(manifest: Path, work: Path, size: int, epochs: int, threads: in
     def train(name: str, cache: Path) -> None:
         """End to end, process start included; its stderr (-v: the phases' times) goes to frozen-NAME.log."""
         cmd = [sys.executable, "-m", "imgcls", "train", str(manifest), "--arch", "mobilenet_v2", *weights, "--freeze",
-               "--epochs", str(epochs), "--image-size", str(size), "--patience", "0", "-v",
+               "--head", "linear", "--epochs", str(epochs), "--image-size", str(size), "--patience", "0", "-v",
                "--out", str(work / f"frozen-{name}-{time.time_ns()}"), *(["--threads", str(threads)] if threads else [])]
         with open(work / f"frozen-{name}.log", "w") as log:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)

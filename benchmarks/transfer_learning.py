@@ -7,7 +7,7 @@ For each training-set size K (the first K images per class of one seeded permuta
 official training set, so smaller sets are subsets of larger ones):
 
 1. scratch:   imgcls train --arch cnn (28 px, 1 channel: the data's own size)
-2. frozen:    imgcls train --arch mobilenet_v2 --weights W --freeze --image-size 160
+2. frozen:    imgcls train --arch mobilenet_v2 --weights W --freeze --head linear --image-size 160
               (ImageNet backbone as a fixed feature extractor; features computed once)
 3. finetuned: imgcls finetune (the frozen run's stream) --unfreeze 3: the last 3 of mobilenet_v2's
               9 stages plus the head, head at 1e-4, backbone at 1e-5, BatchNorm statistics frozen
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--test-per-class", type=int, default=None, help="default: all 10,000 test images")
     parser.add_argument("--image-size", type=int, default=160, help="input size of mobilenet_v2")
     parser.add_argument("--scratch-args", default="--arch cnn --epochs 30 --batch-size 32 --patience 10")
-    parser.add_argument("--frozen-args", default="--epochs 30 --batch-size 32 --patience 10")
+    parser.add_argument("--frozen-args", default="--head linear --epochs 30 --batch-size 32 --patience 10",
+                        help="the SGD head this table was measured with; benchmarks/heads_study.py compares the heads")
     parser.add_argument("--finetune-args", default="--unfreeze 3 --epochs 8 --patience 4")
     parser.add_argument("--methods", nargs="+", default=["scratch", "frozen", "finetuned"])
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "imgcls-bench-transfer")

@@ -108,7 +108,7 @@ def test_distributed_frozen_head_matches_one_process(data, tmp_path, invoke):
     2 ranks x batch 4 see exactly the images of one process's batch of 8 at every step (the shard
     takes every other index of the same permutation), so without dropout the weights must agree.
     """
-    args = [*TINY, "--freeze", "--dropout", "0", "--epochs", "2"]
+    args = [*TINY, "--freeze", "--head", "linear", "--dropout", "0", "--epochs", "2"]
     proc = torchrun(["train", data, *args, "--batch-size", "4", "--out", tmp_path / "ddp"],
                     cwd=tmp_path, cache=tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -123,6 +123,20 @@ def test_distributed_frozen_head_matches_one_process(data, tmp_path, invoke):
     for x, y in zip(ha, hb):  # validation reduced over uneven shards (2 + 1 images) = one process's
         assert x["val_loss"] == pytest.approx(y["val_loss"], abs=1e-5)
         assert x["val_acc"] == y["val_acc"] and x["train_acc"] == y["train_acc"]
+
+
+@pytest.mark.slow
+def test_distributed_frozen_logreg_head_matches_one_process(data, tmp_path, invoke):
+    """A closed-form head under torchrun: gathered features, the same fit on every rank, rank 0 writes."""
+    args = [*TINY, "--freeze", "--head", "logreg"]
+    proc = torchrun(["train", data, *args, "--out", tmp_path / "ddp"], cwd=tmp_path, cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = invoke(["train", data, *args, "--out", tmp_path / "one"])
+    assert single.exit_code == 0, single.stderr
+    a, b = load_file(str(tmp_path / "ddp" / "model.safetensors")), load_file(str(tmp_path / "one" / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
+    assert len(read_jsonl((tmp_path / "ddp" / "history.jsonl").read_text())) == 1
 
 
 def test_distributed_failing_rank_ends_the_job_with_its_message(data, tmp_path):

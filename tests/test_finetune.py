@@ -128,7 +128,7 @@ def test_finetune_frozen_then_unfrozen_transfer_recipe(invoke, tmp_path):
     early = [names[id(p)] for b in model.blocks[:-2] for p in b.parameters()]
     late = [names[id(p)] for b in model.blocks[-2:] for p in b.parameters()]
     assert all(torch.equal(after[k], state[k[len("backbone."):]]) for k in early)
-    if info.extra["best_epoch"] > 2:
+    if info.extra["best_epoch"] > read_model_info(tmp_path / "frozen").extra["best_epoch"]:  # an epoch improved
         assert not all(torch.equal(after[k], state[k[len("backbone."):]]) for k in late)
 
 
@@ -213,3 +213,29 @@ def test_finetune_batchnorm_statistics_frozen_by_default(invoke, trained, tmp_pa
     assert not all(torch.equal(before[k], moved_t[k]) for k in stats)
     weights = [k for k in before if k.startswith("backbone.") and k.endswith(".weight")]
     assert not all(torch.equal(before[k], kept_t[k]) for k in weights)  # the BN-frozen backbone still learns
+
+
+@pytest.mark.parametrize("head", ["logreg", "ncm"])
+def test_finetune_from_a_closed_form_head_starts_from_its_weights(invoke, tmp_path, head):
+    from imgcls.models import get_model
+    from imgcls.models.io import read_model_info
+
+    manifest = make_manifest(tmp_path)
+    torch.manual_seed(1)
+    weights = tmp_path / "w.safetensors"
+    save_file(get_model("cnn", num_classes=3, in_channels=3, width=8, depth=2).state_dict(), str(weights))
+    frozen = invoke(["train", str(manifest), *TINY, "--freeze", "--head", head, "--weights", str(weights),
+                     "--out", str(tmp_path / "frozen")])
+    assert frozen.exit_code == 0, frozen.stderr
+    parent_val_loss = read_jsonl((tmp_path / "frozen" / "history.jsonl").read_text())[0]["val_loss"]
+    result = invoke(["finetune", "--unfreeze", "1", "--epochs", "1", "--out", str(tmp_path / "ft")], input=frozen.stdout)
+    assert result.exit_code == 0, result.stderr
+    start = next(line for line in result.stderr.splitlines() if "starting point: val loss" in line)
+    assert float(start.split("val loss ")[1].split()[0]) == pytest.approx(parent_val_loss, abs=1e-4)
+    info = read_model_info(tmp_path / "ft")
+    assert info.head_norm == "l2" and info.config["head"] == "linear"  # the same layout, now trained by SGD
+    history = read_jsonl((tmp_path / "ft" / "history.jsonl").read_text())
+    assert [(h["epoch"], h["phase"]) for h in history] == [(1, "train"), (2, "finetune")]
+    if info.extra["best_epoch"] == 1:  # no epoch beat the fitted head: the saved model is the parent's
+        before, after = _tensors(tmp_path / "frozen"), _tensors(tmp_path / "ft")
+        assert all(torch.equal(before[k], after[k]) for k in before)

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_class_folder, read_jsonl
@@ -129,6 +130,16 @@ def test_train_list_archs_table_and_json(invoke):
     assert by_name["resnet18"]["default_size"] == 224 and by_name["resnet18"]["blocks"] == 5
     assert 11_000_000 < by_name["resnet18"]["parameters"] < 11_300_000  # backbone without the ImageNet head
     assert by_name["cnn"]["pretrained"] == "no" and by_name["cnn"]["default_size"] is None
+    assert len(rows) == 83 and by_name["vit_b_16"]["family"] == "vision_transformer"  # 3 scratch + torchvision's 80
+    swag = {w["name"]: w["size"] for w in by_name["vit_b_16"]["weights"]}
+    assert swag["IMAGENET1K_SWAG_E2E_V1"] == 384 and by_name["vit_b_16"]["default_weights"] == "IMAGENET1K_V1"
+    vit = invoke(["train", "--list-archs", "vit"])
+    names = [line.split()[0] for line in vit.stdout.splitlines()[1:]]
+    assert names == ["maxvit_t", "vit_b_16", "vit_b_32", "vit_h_14", "vit_l_16", "vit_l_32"]
+    assert "IMAGENET1K_SWAG_E2E_V1@384" in vit.stdout
+    glob = json.loads(invoke(["train", "--list-archs", "regnet_y_*", "--json"]).stdout)
+    assert len(glob) == 8 and all(r["family"] == "regnet" for r in glob)
+    assert "no architecture matches" in _one_line_error(invoke(["train", "--list-archs", "zzz"]), 2)
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -177,8 +188,8 @@ def test_train_freeze_leaves_backbone_bit_identical(manifest, tmp_path, invoke):
     for name, extra in (("cached", []), ("stepped", ["--augment", "light"])):
         out = tmp_path / name
         result = invoke(["train", str(manifest), "--arch", "mobilenet_v3_small", "--weights", str(weights),
-                         "--image-size", "32", "--freeze", "--epochs", "2", "--batch-size", "8", "--out", str(out),
-                         *extra])
+                         "--image-size", "32", "--freeze", "--head", "linear", "--epochs", "2", "--batch-size", "8",
+                         "--out", str(out), *extra])
         assert result.exit_code == 0, result.stderr
         saved = _tensors(out)
         backbone = {k[len("backbone."):]: v for k, v in saved.items() if k.startswith("backbone.")}
@@ -194,9 +205,9 @@ def test_train_freeze_leaves_backbone_bit_identical(manifest, tmp_path, invoke):
 
 def test_train_feature_cache_matches_stepping_the_backbone(manifest, tmp_path):
     a = _library_train(manifest, tmp_path / "a", arch="mobilenet_v3_small", arch_options={}, image_size=32,
-                       trainable_blocks=0, pretrained=False, epochs=2)
+                       trainable_blocks=0, head="linear", pretrained=False, epochs=2)
     b = _library_train(manifest, tmp_path / "b", arch="mobilenet_v3_small", arch_options={}, image_size=32,
-                       trainable_blocks=0, pretrained=False, epochs=2, feature_cache=False)
+                       trainable_blocks=0, head="linear", pretrained=False, epochs=2, feature_cache=False)
     ta, tb = _tensors(a.model_path), _tensors(b.model_path)
     assert torch.allclose(ta["head.1.weight"], tb["head.1.weight"], atol=1e-5)
 
@@ -411,6 +422,11 @@ def test_train_usage_errors(invoke, manifest, tmp_path):
     message = _one_line_error(invoke(["train", str(manifest), "--arch", "resnet18", "--image-size", "16",
                                       "--no-pretrained"]), 2)
     assert "at least 32" in message
+    message = _one_line_error(invoke(["train", str(manifest), "--arch", "vit_b_16", "--weights-name", "SWAG"]), 2)
+    assert "IMAGENET1K_SWAG_E2E_V1" in message and "IMAGENET1K_V1" in message  # the valid names
+    message = _one_line_error(invoke(["train", str(manifest), "--arch", "resnet18", "--weights-name", "IMAGENET1K_V1",
+                                      "--no-pretrained"]), 2)
+    assert "--no-pretrained" in message
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     assert "not empty" in _one_line_error(_train(invoke, manifest, tmp_path / "full"), 2)
@@ -515,7 +531,7 @@ def test_train_compile_trains_and_saves_an_ordinary_model(invoke, manifest, tmp_
 
 # -- frozen-feature cache, augmented views, deferred writes -----------------------------------
 
-FROZEN = [*TINY, "--freeze", "--dropout", "0"]
+FROZEN = [*TINY, "--freeze", "--head", "linear", "--dropout", "0"]  # the SGD-trained head's epochs
 
 
 def _cnn_weights(path: Path, seed: int, **metadata: str) -> Path:
@@ -702,7 +718,7 @@ def test_train_feature_views_are_fixed_per_image_seed_and_view():
 def test_train_frozen_resume_matches_uninterrupted_run_with_views(manifest, tmp_path, invoke):
     """The features of a resumed frozen run come from the checkpoint's backbone, and epoch e keeps its view."""
     weights = str(_cnn_weights(tmp_path / "w.safetensors", 1))
-    cfg = dict(trainable_blocks=0, weights=weights, augment="light", feature_views=2, dropout=0.0)
+    cfg = dict(trainable_blocks=0, head="linear", weights=weights, augment="light", feature_views=2, dropout=0.0)
     full = _library_train(manifest, tmp_path / "full", epochs=3, **cfg)
 
     def interrupt(trainer, record):
@@ -887,3 +903,180 @@ def test_train_frozen_decoding_beside_the_backbone_matches_decoding_first(invoke
     assert bad.exit_code == 1 and "square_007.png" in bad.stderr.strip().splitlines()[-1]
     assert "Traceback" not in bad.stderr and not (tmp_path / "c").exists()
     assert set((cache / "decoded").glob("*.npy")) == before and not list((cache / "decoded").glob(".*.tmp"))
+
+
+# -- heads on frozen features: logreg and ncm -------------------------------------------------------
+
+def _blobs(n_per_class: int, classes: int = 3, dim: int = 16, seed: int = 0, spread: float = 1.0):
+    """Non-negative feature vectors around one centre per class (what a ReLU backbone gives); ``seed``
+    draws the points, the centres are always the same."""
+    import numpy as np
+
+    centres = np.random.default_rng(1234).uniform(0, 3, (classes, dim))
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(classes), n_per_class)
+    x = np.abs(centres[y] + rng.normal(0, spread, (len(y), dim))).astype(np.float32)
+    return x, y
+
+
+def _softmax_head(fit, x):
+    import numpy as np
+
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    z = u @ fit.weight.T + fit.bias
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def test_train_logreg_head_is_scikit_learn_logistic_regression_folded_into_a_linear_layer(monkeypatch):
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from imgcls.models import heads
+    from imgcls.models.heads import fit_logreg
+
+    monkeypatch.setattr(heads, "FINAL_TOL", 1e-9)  # converged, so it can be compared with a converged reference
+    monkeypatch.setattr(heads, "FINAL_MAX_ITER", 5000)
+    x, y = _blobs(20)
+    fit = fit_logreg(x, y, 3)
+    assert fit.info["selection"] == "5-fold CV" and fit.info["C"] in fit.info["C_tried"]
+    z = x / np.linalg.norm(x, axis=1, keepdims=True) * np.sqrt(x.shape[1])
+    mean = z.mean(0)
+    reference = LogisticRegression(C=fit.info["C"], max_iter=5000, tol=1e-9).fit(z - mean, y)
+    xt, _ = _blobs(10, seed=1)
+    zt = xt / np.linalg.norm(xt, axis=1, keepdims=True) * np.sqrt(x.shape[1]) - mean
+    np.testing.assert_allclose(_softmax_head(fit, xt), reference.predict_proba(zt), atol=1e-3)  # float32 L-BFGS
+    # two classes (scikit-learn's single binary row) and a class without training images
+    x2, y2 = _blobs(8, classes=2)
+    fit2 = fit_logreg(x2, y2, 3)
+    p = _softmax_head(fit2, x2)
+    assert p.shape == (8 * 2, 3) and p[:, 2].max() < 1e-6 and (p.argmax(1) == y2).mean() > 0.9
+
+
+def test_train_logreg_head_chooses_c_by_val_split_or_hold_out_when_folds_cannot(monkeypatch):
+    from imgcls.models import heads
+
+    x, y = _blobs(1)  # one image per class: no fold could hold one out
+    xv, yv = _blobs(5, seed=2)
+    assert heads.fit_logreg(x, y, 3, val=(xv, yv)).info["selection"] == "val split"
+    with pytest.raises(ValueError, match="val split"):
+        heads.fit_logreg(x, y, 3)
+    monkeypatch.setattr(heads, "CV_MAX_IMAGES", 40)
+    xb, yb = _blobs(20)
+    assert heads.fit_logreg(xb, yb, 3).info["selection"] == "20% hold-out"
+    # augmented views of an image stay in one fold: groups, not rows, are split
+    x4, y4 = np.concatenate([xb, xb + 0.01]), np.concatenate([yb, yb])
+    groups = np.tile(np.arange(len(yb)), 2)
+    splits, how = heads._splits(y4, groups, 0)
+    assert how == "20% hold-out"
+    for train, held in splits:
+        assert not set(groups[train]) & set(groups[held])
+
+
+def test_train_ncm_head_is_the_nearest_class_mean():
+    import numpy as np
+
+    from imgcls.models.heads import fit_ncm
+
+    x, y = _blobs(10, spread=2.0)
+    xv, yv = _blobs(5, seed=3, spread=0.3)
+    fit = fit_ncm(x, y, 3, val=(xv, yv))
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    means = np.stack([u[y == c].mean(0) for c in range(3)])
+    xt, _ = _blobs(30, seed=4, spread=2.0)
+    ut = xt / np.linalg.norm(xt, axis=1, keepdims=True)
+    nearest = ((ut[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+    assert (_softmax_head(fit, xt).argmax(1) == nearest).all()
+    assert fit.info["temperature"] > 1  # cosine scores in [-1, 1] need sharpening to be probabilities
+
+
+def test_train_frozen_heads_fit_in_one_step_and_write_an_ordinary_model(invoke, manifest, tmp_path):
+    from imgcls.models.io import load_model, read_model_info
+
+    weights = _cnn_weights(tmp_path / "w.safetensors", 1)
+    args = [*TINY, "--freeze", "--weights", weights]
+    for head in ("default", "logreg", "ncm"):
+        out = tmp_path / head
+        result = invoke(["train", manifest, *args, *([] if head == "default" else ["--head", head]),
+                         "--out", out])
+        assert result.exit_code == 0, result.stderr
+        made = "logreg" if head == "default" else head
+        assert f"{made} head fitted on 21 feature vectors" in result.stderr
+        history = read_jsonl((out / "history.jsonl").read_text())
+        assert len(history) == 1 and history[0]["epoch"] == 1 and history[0]["head"] == made and history[0]["best"]
+        assert not (out / "checkpoint.safetensors").exists()
+        info = read_model_info(out)
+        assert (info.head, info.head_norm, info.extra["best_epoch"]) == (made, "l2", 1)
+        model, _ = load_model(out)
+        assert type(model.head[0]).__name__ == "L2Normalize"
+        backbone = {k: v for k, v in _tensors(out).items() if k.startswith("backbone.")}
+        assert backbone and all(torch.equal(v, _tensors(weights)[k]) for k, v in backbone.items())  # frozen
+        evaluated = invoke(["eval", manifest, "--split", "val", "--model", out, "--json"])
+        assert evaluated.exit_code == 0, evaluated.stderr
+        metrics = json.loads(evaluated.stdout)["models"][0]["metrics"]
+        assert metrics["accuracy"] == pytest.approx(history[0]["val_acc"], abs=1e-6)
+    report = invoke(["eval", manifest, "--split", "val", "--model", tmp_path / "ncm", "--report", tmp_path / "rep"])
+    assert report.exit_code == 0 and (tmp_path / "rep" / "learning_curves.png").exists()
+    resumed = _one_line_error(invoke(["train", "--resume", tmp_path / "ncm"]), 2)
+    assert "nothing to resume" in resumed
+
+
+def test_train_head_needs_freeze_and_features_computed_once(invoke, manifest, tmp_path):
+    weights = _cnn_weights(tmp_path / "w.safetensors", 1)
+    message = _one_line_error(invoke(["train", manifest, *TINY, "--head", "logreg", "--out", tmp_path / "a"]), 2)
+    assert "--head logreg" in message and "--freeze" in message and not (tmp_path / "a").exists()
+    frozen = [*TINY, "--freeze", "--weights", weights, "--head", "ncm", "--augment", "light"]
+    message = _one_line_error(invoke(["train", manifest, *frozen, "--out", tmp_path / "b"]), 2)
+    assert "--feature-views" in message and not (tmp_path / "b").exists()
+    views = invoke(["train", manifest, *frozen, "--feature-views", "2", "--out", tmp_path / "c"])
+    assert views.exit_code == 0, views.stderr
+    assert "ncm head fitted on 42 feature vectors" in views.stderr  # 21 images x 2 augmented views
+
+
+# -- timm backbones (the optional extra) --------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("vit_tiny_patch16_224", marks=pytest.mark.slow)])
+def test_train_timm_backbone_with_a_weights_file(invoke, manifest, tmp_path, name):
+    """--arch timm/NAME --weights FILE (offline): frozen logreg head, then eval, predict and finetune."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(2)
+    state = {k: v.contiguous() for k, v in timm.create_model(name, pretrained=False).state_dict().items()}
+    weights = tmp_path / "timm.safetensors"
+    save_file(state, str(weights))
+    out = tmp_path / "run"
+    result = invoke(["train", manifest, "--arch", f"timm/{name}", "--weights", weights, "--image-size", "32",
+                     "--freeze", "--out", out])
+    assert result.exit_code == 0, result.stderr
+    from imgcls.models.io import load_model, read_model_info
+
+    info = read_model_info(out)
+    cfg = timm.get_pretrained_cfg(name)
+    assert info.arch == f"timm/{name}" and info.image_size == 32 and info.head == "logreg"
+    assert info.mean == pytest.approx(list(cfg.mean)) and info.std == pytest.approx(list(cfg.std))  # timm's cfg
+    model, _ = load_model(out)
+    backbone = model.backbone.state_dict()
+    kept = [k for k in backbone if k in state and backbone[k].shape == state[k].shape]
+    assert kept and all(torch.equal(backbone[k], state[k]) for k in kept)
+    evaluated = invoke(["eval", manifest, "--split", "val", "--model", out, "--json"])
+    assert evaluated.exit_code == 0, evaluated.stderr
+    tuned = invoke(["finetune", manifest, "--model", out, "--unfreeze", "1", "--epochs", "1", "--out", tmp_path / "ft"])
+    assert tuned.exit_code == 0, tuned.stderr
+    assert read_model_info(tmp_path / "ft").trainable_blocks == 1
+
+
+def test_train_closed_form_fit_stopped_by_sigterm_leaves_nothing(invoke, manifest, tmp_path, monkeypatch):
+    import signal
+
+    from imgcls.models import heads
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler or timeout(1) sends
+        raise AssertionError("SIGTERM did not stop the fit")
+
+    monkeypatch.setitem(heads.FITTERS, "logreg", stopped)
+    weights = _cnn_weights(tmp_path / "w.safetensors", 1)
+    out = tmp_path / "run"
+    result = invoke(["train", manifest, *TINY, "--freeze", "--weights", weights, "--out", out])
+    assert result.exit_code == 143 and result.stdout == ""
+    assert "stopped by signal 15" in result.stderr and "no model written" in result.stderr
+    assert not out.exists()

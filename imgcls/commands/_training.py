@@ -216,6 +216,9 @@ def report_result(result: Any, command: str) -> None:
         sys.exit(128 + signal if signal is not None else 130)
     best = [h for h in fit.history if h["epoch"] == fit.best_epoch]
     acc = f", val acc {best[-1]['val_acc']:.3f}" if best else ""
+    if best and best[-1].get("head") in ("logreg", "ncm"):  # fitted in one step: no epochs to speak of
+        info(f"saved {result.model_path} ({best[-1]['head']} head, val loss {fit.best_val_loss:.4f}{acc})")
+        return
     info(f"saved {result.model_path} (best epoch {fit.best_epoch}, val loss {fit.best_val_loss:.4f}{acc})")
 
 

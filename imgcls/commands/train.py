@@ -7,69 +7,173 @@ import click
 
 from imgcls.commands._common import common_options, open_input
 from imgcls.commands._training import check_run_outputs, continue_run, check_no_terminal_stdin, emit_manifest, loop_options, parse_floats_option, report_result
+from imgcls.models.catalog import arch_help
+from imgcls.models.heads import DEFAULT_FROZEN_HEAD, HEADS
+
+HEAD_HELP = (
+    "How the head of a frozen backbone (--freeze) is made from its features, which are computed once. "
+    "logreg: multinomial logistic regression fitted by L-BFGS (scikit-learn) on the L2-normalised features, "
+    "its penalty C chosen by cross-validated log-loss on the training images (5-fold up to 2,000 images, one "
+    "stratified 80/20 hold-out above; on the val split when a class has a single training image); seconds "
+    "even on 10,000 images. ncm: nearest class mean of the L2-normalised features, with one temperature fitted "
+    "on the val split (its val loss is therefore optimistic). linear: Dropout + Linear trained by SGD for "
+    "--epochs with the optimisation options below (the only choice for --augment without --feature-views). "
+    "logreg and ncm fit in one step: --epochs, --lr, --batch-size, --optimizer, --schedule, --patience, "
+    "--label-smoothing and --dropout do not apply; history.jsonl gets one line (epoch 1) and no checkpoint "
+    "is written. All three end as an ordinary Linear head (logreg and ncm behind a parameter-free L2 "
+    "normalisation), so eval, predict and finetune work unchanged and a fine-tune starts from it. "
+    f"Default with --freeze: {DEFAULT_FROZEN_HEAD}, because in benchmarks/heads_study.py (docs/benchmarks.md: "
+    "mobilenet_v2 features of Fashion-MNIST and cat/dog photos, 1 to 500 images per class, several seeds) "
+    "it matched or beat a plain scikit-learn LogisticRegressionCV probe on the same features at every size "
+    "(within the seeds' spread) and beat the SGD-trained linear head by 1-4 points at 10 images per class or "
+    "fewer; ncm was as good up to 10 per class, but fell behind from 50 on Fashion-MNIST.")
+
+WEIGHTS_NAME_HELP = (
+    "Which of the architecture's pretrained weights to start from: a torchvision weights name "
+    "(IMAGENET1K_V1, IMAGENET1K_V2, IMAGENET1K_SWAG_E2E_V1, ...; --list-archs shows each model's, the default "
+    "starred, other input sizes as @PX) or DEFAULT; for timm/NAME a pretrained tag (e.g. augreg_in21k). "
+    "Default: the architecture's default weights. The input size and normalisation follow the chosen weights "
+    "(vit_b_16 with IMAGENET1K_SWAG_E2E_V1 runs at 384 px) unless --image-size, --mean or --std say "
+    "otherwise. With --weights FILE it only names the preprocessing to assume when the file records none.")
 
 
-def _list_archs(as_json: bool) -> None:
-    """Name, backbone parameters, default size, channels, blocks, pretrained weights, description."""
+def man_sections() -> dict[str, str]:
+    """imgcls-train(1)'s ARCHITECTURES section, from the generated architecture table."""
+    from imgcls.models import catalog
+
+    families: dict[str, list[dict]] = {}
+    for a in catalog.torchvision_archs():
+        families.setdefault(a["family"], []).append(a)
+    paragraphs = [
+        "Scratch CNNs (input size and channels from the data): "
+        + "; ".join(f"{a['name']}: {a['description']}" for a in catalog.scratch_archs()) + ".",
+        f"torchvision's {len(catalog.torchvision_archs())} classification models, by family (the "
+        "torchvision module defining them), with the default input size (that of the default weights), "
+        "the blocks --unfreeze counts, and the weights --weights-name can pick (the default first):",
+    ]
+    for family, rows in sorted(families.items()):
+        items = []
+        for a in rows:
+            names = [a["default_weights"]] + [w["name"] for w in a["weights"] if w["name"] != a["default_weights"]]
+            items.append(f"{a['name']} ({a['default_size']} px, {a['blocks']} blocks; {', '.join(n for n in names if n)})")
+        paragraphs.append(f"{family}: " + "; ".join(items) + ".")
+    paragraphs.append("timm/NAME: any model of timm.list_models() (pip install 'imgcls[timm]'), optionally with a "
+                      "pretrained tag (timm/NAME.TAG, or --weights-name TAG); imgcls train --list-archs timm/PATTERN "
+                      "lists them.")
+    return {"ARCHITECTURES": "\n\n".join(paragraphs)}
+
+
+def _weights_column(row: dict) -> str:
+    """IMAGENET1K_V2* (the default starred), other sizes noted: IMAGENET1K_SWAG_E2E_V1@384."""
+    parts = []
+    for w in row.get("weights", []):
+        text = w["name"] + ("*" if w["name"] == row.get("default_weights") else "")
+        if w.get("size") and w["size"] != row.get("default_size"):
+            text += f"@{w['size']}"
+        parts.append(text)
+    return ",".join(parts) or "-"
+
+
+def _list_archs(pattern: str, as_json: bool) -> None:
+    """The architecture table (name, backbone parameters, sizes, blocks, weights) from the generated catalog."""
     import json
 
-    import torch
+    from imgcls.models import catalog
 
-    from imgcls.models import get_model, get_spec, list_models
-    from imgcls.models.weights import cache_status
+    if pattern.lower().startswith(catalog.TIMM_PREFIX):
+        rows = _timm_rows(pattern[len(catalog.TIMM_PREFIX):])
+    else:
+        from imgcls.models.weights import cache_status
 
-    rows = []
-    for name in list_models():
-        spec = get_spec(name)
-        with torch.device("meta"):  # counts parameters without allocating or initialising them
-            model = get_model(name, num_classes=10, in_channels=spec.channels or 3)
-        rows.append({
-            "name": name,
-            "parameters": sum(p.numel() for p in model.backbone.parameters()),
-            "default_size": spec.default_size,
-            "channels": spec.channels,
-            "blocks": len(model.blocks),
-            "pretrained": cache_status(name) if spec.pretrainable else "no",
-            "options": list(spec.options),
-            "description": spec.description,
-        })
+        rows = []
+        for a in catalog.scratch_archs():
+            if catalog.matches(a["name"], a["family"], pattern):
+                rows.append({"name": a["name"], "family": "scratch", "source": "scratch", "parameters": a["params"],
+                             "default_size": None, "min_size": 8, "channels": None, "blocks": a["blocks"],
+                             "feature_dim": a["feature_dim"], "pretrained": "no", "default_weights": None, "weights": [],
+                             "options": a["options"], "description": a["description"]})
+        for a in catalog.torchvision_archs():
+            if catalog.matches(a["name"], a["family"], pattern):
+                rows.append({"name": a["name"], "family": a["family"], "source": "torchvision",
+                             "parameters": a["params"], "default_size": a["default_size"], "min_size": a["min_size"],
+                             "channels": 3, "blocks": a["blocks"], "feature_dim": a["feature_dim"],
+                             "pretrained": cache_status(a["name"]) if a["weights"] else "no",
+                             "default_weights": a["default_weights"], "weights": a["weights"], "options": [],
+                             "description": a["description"]})
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
-    head = ["name", "params", "size", "channels", "blocks", "pretrained", "description"]
-    table = [[r["name"], f"{r['parameters'] / 1e6:.2f}M", str(r["default_size"] or "data"),
-              str(r["channels"] or "data"), str(r["blocks"]), r["pretrained"], r["description"]] for r in rows]
+    if not rows:
+        from imgcls.errors import UsageProblem
+
+        raise UsageProblem(f"--list-archs {pattern}: no architecture matches (try a family such as vit, or timm/PATTERN)")
+    head = ["name", "params", "size", "channels", "blocks", "pretrained", "weights", "description"]
+    table = [[r["name"], f"{r['parameters'] / 1e6:.2f}M" if r["parameters"] is not None else "-",
+              str(r["default_size"] or "data"), str(r["channels"] or "data"),
+              str(r["blocks"]) if r["blocks"] is not None else "-", r["pretrained"], _weights_column(r),
+              r["description"]] for r in rows]
     widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(head)]
     for line in [head, *table]:
         click.echo("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1])
 
 
+def _timm_rows(pattern: str) -> list[dict]:
+    """timm's pretrained models matching PATTERN (a glob, or a substring), from the installed timm."""
+    from imgcls.models.timm_models import cache_status, require_timm
+
+    timm = require_timm("timm/" + (pattern or "..."))
+    glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+    by_arch: dict[str, list[str]] = {}
+    for name in timm.list_pretrained(glob):
+        arch, _, tag = name.partition(".")
+        by_arch.setdefault(arch, []).append(tag)
+    for arch in timm.list_models(glob):
+        by_arch.setdefault(arch, [])
+    rows = []
+    for arch, tags in sorted(by_arch.items()):
+        cfg = timm.get_pretrained_cfg(arch)
+        size = int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else None
+        rows.append({"name": f"timm/{arch}", "family": timm.models.model_entrypoint(arch).__module__.rsplit(".", 1)[-1],
+                     "source": "timm", "parameters": None, "default_size": size, "min_size": 32, "channels": 3,
+                     "blocks": None, "feature_dim": None,
+                     "pretrained": cache_status(f"timm/{arch}") if tags else "no",
+                     "default_weights": cfg.tag if cfg is not None else None,
+                     "weights": [{"name": t, "size": None} for t in tags], "options": [],
+                     "description": f"timm {arch}"})
+    return rows
+
 
 @click.command("train")
 @click.argument("manifest", default="-", metavar="[MANIFEST]")
-@click.option("-a", "--arch", default="cnn", show_default=True, metavar="NAME",
-              help="Architecture (see --list-archs): cnn, cnn-gru, cnn-classic (from scratch) or a torchvision "
-                   "backbone: densenet121, vgg16, efficientnet_b0, mobilenet_v2, mobilenet_v3_small, "
-                   "mobilenet_v3_large, resnet18, resnet50.")
-@click.option("--list-archs", is_flag=True, help="List the architectures (name, backbone parameters, default input "
-                                                   "size, channels, blocks for --unfreeze, pretrained weights: cached "
-                                                   "/ download / no) as a table on stdout, and exit.")
+@click.option("-a", "--arch", default="cnn", show_default=True, metavar="NAME", help=arch_help())
+@click.option("--list-archs", "list_archs", is_flag=False, flag_value="", default=None, metavar="[PATTERN]",
+              help="List the architectures as a table on stdout, and exit: name, backbone parameters (without the "
+                   "ImageNet head), default input size, channels, blocks for --unfreeze, pretrained weights "
+                   "(cached / download / no), the weights names for --weights-name, description. PATTERN filters "
+                   "by name or family: a substring (vit, efficientnet_v2, resnet) or a glob (regnet_y_*); "
+                   "timm/PATTERN lists timm's models (needs timm).")
 @click.option("--json", "as_json", is_flag=True, help="With --list-archs: JSON instead of a table.")
 @click.option("--image-size", type=click.IntRange(min=1), default=None, metavar="PX",
-              help="Square input size. Default: 224 for torchvision backbones; for scratch models the most "
-                   "common image side in the training data, clamped to 8..64.")
+              help="Square input size. Default: the size the pretrained weights were trained at (224 for most "
+                   "torchvision models, 384 for efficientnet_v2_s, 299 for inception_v3; --list-archs shows "
+                   "each); for scratch models the most common image side in the training data, clamped to 8..64. "
+                   "ViT and MaxViT are built for the size they run at (a multiple of the patch size, of 224 px "
+                   "for MaxViT; a ViT's position embedding is resampled to it).")
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None,
               help="Input channels of scratch models. Default: 1 if every training image is grayscale, else 3. "
                    "torchvision backbones always take 3 (gray images are converted).")
 @click.option("--pretrained/--no-pretrained", default=None,
-              help="Start torchvision backbones from torchvision's ImageNet weights (default: on for them; "
-                   "scratch models have none). Weights come from the torch hub cache "
-                   "($TORCH_HOME/hub/checkpoints) or are downloaded there; offline, copy the file there or use --weights.")
+              help="Start torchvision and timm backbones from their pretrained weights (default: on for them; "
+                   "scratch models have none). torchvision's come from the torch hub cache "
+                   "($TORCH_HOME/hub/checkpoints), timm's from the Hugging Face hub cache (HF_HOME); either is "
+                   "downloaded there when missing. Offline: copy the file there, or use --weights.")
+@click.option("--weights-name", default=None, metavar="NAME", help=WEIGHTS_NAME_HELP)
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Start from a state dict in FILE instead: .safetensors, or .pth read with "
-                   "torch.load(weights_only=True) only. ImageNet head keys are ignored; every backbone key must "
-                   "fit. Normalization: the file's \"mean\"/\"std\" metadata (safetensors), else torchvision's "
-                   "for the architecture.")
+                   "torch.load(weights_only=True) only (a torchvision or timm state dict, or an imgcls model "
+                   "file). ImageNet head keys are ignored; every backbone key must fit. Normalization: the file's "
+                   "\"mean\"/\"std\" metadata (safetensors), else that of the architecture's pretrained "
+                   "weights (torchvision's meta, timm's pretrained_cfg).")
 @click.option("--mean", default=None, metavar="M[,M,M]",
               help="Per-channel normalization mean on [0,1] pixels (overrides the weights' own). "
                    "Default: from the weights; 0.5 when training from scratch.")
@@ -77,10 +181,11 @@ def _list_archs(as_json: bool) -> None:
               help="Per-channel normalization std (overrides the weights' own). Default: from the weights; 0.5 from scratch.")
 @click.option("--freeze", is_flag=True,
               help="Train the head only: the backbone is frozen and kept in eval mode (BatchNorm statistics do not "
-                   "drift). With --augment none its features are computed once and the epochs train the head on "
-                   "them (ten epochs cost about one backbone pass); they are also kept in the on-disk cache "
+                   "drift). Its features are computed once (with --augment none) and the head is made from them "
+                   f"(--head, default {DEFAULT_FROZEN_HEAD}); they are also kept in the on-disk cache "
                    "(--cache), so a later run on the same unchanged images, weights and preprocessing skips the "
                    "backbone. With augmentation see --feature-views.")
+@click.option("--head", type=click.Choice(HEADS), default=None, help=HEAD_HELP + " Only with --freeze.")
 @click.option("--feature-views", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
               help="With --freeze and --augment light/standard/strong: run the backbone once over K augmented "
                    "views of the training images (K backbone passes in all, cached like plain features; each view "
@@ -106,8 +211,9 @@ def _list_archs(as_json: bool) -> None:
                    "folder. The configuration and data are the run's own (manifest.jsonl inside it); only "
                    "--epochs (to extend), --patience, --device and --workers may change.")
 @common_options
-def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_size: int | None, channels: str | None,
-            pretrained: bool | None, weights: str | None, mean: str | None, std: str | None, freeze: bool,
+def command(manifest: str, arch: str, list_archs: str | None, as_json: bool, image_size: int | None,
+            channels: str | None, pretrained: bool | None, weights_name: str | None, weights: str | None,
+            mean: str | None, std: str | None, freeze: bool, head: str | None,
             feature_views: int, width: int | None, depth: int | None, hidden: int | None, block_dropout: float | None, dropout: float,
             lr: float | None, backbone_lr: float | None, backbone_lr_ratio: float, resume: str | None,
             **loop: object) -> None:
@@ -140,8 +246,8 @@ def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_siz
     with rank_guard("train"):  # under torchrun: rank 0 speaks; a failing rank ends the job
         from imgcls.errors import UsageProblem
 
-        if list_archs:
-            _list_archs(as_json)
+        if list_archs is not None:
+            _list_archs(list_archs, as_json)
             return
 
         from pathlib import Path
@@ -156,6 +262,9 @@ def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_siz
             continue_run("train", resume, manifest, output, loop)
             return
 
+        if head is not None and not freeze:
+            raise UsageProblem(f"--head {head} chooses how a frozen backbone's head is made: add --freeze "
+                               f"(a training backbone always gets the SGD-trained linear head)")
         if feature_views and not freeze:
             raise UsageProblem("--feature-views needs --freeze: a backbone that trains changes its features every step")
         if feature_views and not loop["feature_cache"]:
@@ -182,8 +291,9 @@ def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_siz
         cfg = TrainConfig(
             arch=arch, image_size=image_size or 0, channels=int(channels) if channels else 0,
             mean=parse_floats_option(mean, "--mean") or [], std=parse_floats_option(std, "--std") or [],
-            pretrained=pretrained, weights=weights, arch_options=options, dropout=dropout,
-            trainable_blocks=0 if freeze else None, feature_views=feature_views, lr=lr, backbone_lr=backbone_lr,
+            pretrained=pretrained, weights=weights, weights_name=weights_name, arch_options=options, dropout=dropout,
+            trainable_blocks=0 if freeze else None, head=head, feature_views=feature_views, lr=lr,
+            backbone_lr=backbone_lr,
             **loop,  # type: ignore[arg-type]
         )
         result = train_run(header, records, reader.root, cfg, out=Path(out) if out else None, name=reader.name)

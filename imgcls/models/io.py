@@ -5,7 +5,9 @@ holds ``format = "imgcls-model"`` and ``imgcls`` = a JSON object:
 
     arch, arch_options, classes (ordered), image_size, channels, mean, std, dropout,
     imgcls_version, created, config (training options), manifest_hash, trainable_blocks,
-    parent (the model a fine-tune started from), plus any extra keys a command adds.
+    parent (the model a fine-tune started from), head (how the head was made: linear, logreg
+    or ncm), head_norm (None, or "l2": the head L2-normalises its input before the Linear
+    layer), plus any extra keys a command adds.
 
 No pickle anywhere: a model file cannot run code when loaded.
 """
@@ -40,6 +42,8 @@ class ModelInfo:
     config: dict[str, Any] = field(default_factory=dict)
     manifest_hash: str = ""
     parent: str | None = None
+    head: str = "linear"  # files written before the closed-form heads: an SGD-trained Dropout + Linear
+    head_norm: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -180,7 +184,9 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     _check_arch_options(path, info)
     try:
         model = get_model(info.arch, num_classes=len(info.classes), in_channels=info.channels,
-                          dropout=info.dropout, pretrained=False, **info.arch_options)
+                          dropout=info.dropout, pretrained=False, image_size=info.image_size, **info.arch_options)
+        if info.head_norm is not None:
+            model.set_head_norm(info.head_norm)
     except ModelError:
         raise
     except ImgclsError as exc:  # an unknown architecture or option: the file's metadata is at fault

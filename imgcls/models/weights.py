@@ -2,7 +2,8 @@
 
 Two sources, one result (:class:`Pretrained`: tensors plus the normalization they expect):
 
-* ``--pretrained``: ``torchvision.models.get_model_weights(arch).DEFAULT`` loaded through
+* ``--pretrained``: ``torchvision.models.get_model_weights(arch).DEFAULT`` (or the weights
+  ``--weights-name`` names; timm models: :mod:`imgcls.models.timm_models`) loaded through
   the torch hub cache (``$TORCH_HOME/hub/checkpoints/<file>``), exactly as on a connected
   machine. We look in the cache *before* downloading so that an offline machine gets one
   clear error naming the file it needs, instead of a socket traceback.
@@ -41,15 +42,48 @@ class Pretrained:
     std: list[float] | None = None
     source: str = ""  # human-readable: "torchvision MobileNet_V2_Weights.IMAGENET1K_V2" or a file path
     meta: dict[str, Any] = field(default_factory=dict)
+    image_size: int | None = None  # the input size they were trained at, when known
 
 
-def torchvision_weights(arch: str):
-    """torchvision's DEFAULT weights enum member for ``arch``, or None when it has none."""
+def torchvision_weights(arch: str, name: str | None = None):
+    """torchvision's weights enum member for ``arch``: ``name`` (IMAGENET1K_SWAG_E2E_V1, with or
+    without the enum's class name), else DEFAULT; None when the model has no weights.
+
+    An unknown ``name`` is a usage error listing the valid ones.
+    """
     import torchvision
 
     try:
-        return torchvision.models.get_model_weights(arch).DEFAULT
+        enum = torchvision.models.get_model_weights(arch)
     except (ValueError, KeyError, AttributeError):
+        enum = None
+    if name is None:
+        return enum.DEFAULT if enum is not None and len(enum) else None
+    valid = [w.name for w in enum] if enum is not None else []
+    short = name.split(".")[-1].strip().upper()
+    if enum is not None and short.upper() == "DEFAULT":
+        return enum.DEFAULT
+    if enum is not None and short in valid and ("." not in name or name.split(".")[0] == enum.__name__):
+        return enum[short]
+    if not valid:
+        raise UsageProblem(f"--weights-name {name}: {arch} has no pretrained weights in torchvision")
+    raise UsageProblem(f"--weights-name {name}: not a weights name of {arch}; valid: {', '.join(valid)} "
+                       f"(or DEFAULT = {enum.DEFAULT.name})")
+
+
+def weights_size(arch: str, name: str | None = None) -> int | None:
+    """The input size the named (or default) pretrained weights were trained at (their crop size)."""
+    if arch.startswith("timm/"):
+        from imgcls.models.timm_models import pretrained_cfg
+
+        cfg = pretrained_cfg(arch, name)
+        return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else None
+    weights = torchvision_weights(arch, name)
+    if weights is None:
+        return None
+    try:
+        return int(weights.transforms().crop_size[0])
+    except Exception:  # noqa: BLE001 - weights without an ImageClassification preset
         return None
 
 
@@ -71,11 +105,9 @@ def transforms_norm(weights) -> tuple[list[float], list[float]] | None:
         return None
 
 
-def fetch_torchvision(arch: str, progress: bool = False) -> Pretrained:
-    """Load torchvision's default ImageNet weights for ``arch`` through the hub cache."""
-    import torch.hub
-
-    weights = torchvision_weights(arch)
+def fetch_torchvision(arch: str, progress: bool = False, name: str | None = None) -> Pretrained:
+    """Load torchvision's ImageNet weights for ``arch`` (``name``, else the default) through the hub cache."""
+    weights = torchvision_weights(arch, name)
     if weights is None:
         raise WeightsError(f"torchvision has no pretrained weights for {arch!r}; use --no-pretrained or --weights FILE")
     cached = cache_file_for(weights)
@@ -108,6 +140,7 @@ def fetch_torchvision(arch: str, progress: bool = False) -> Pretrained:
         std=norm[1] if norm else None,
         source=f"torchvision {weights} ({cached})",
         meta={"weights": str(weights), "url": weights.url},
+        image_size=weights_size(arch, weights.name),
     )
 
 
@@ -214,11 +247,15 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Any]:
 
 
 def strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
-    """Drop wrapper prefixes (DDP's ``module.``, an imgcls model's ``backbone.``) and imgcls heads."""
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    for prefix in ("module.", "backbone."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    """Drop wrapper prefixes: DDP's ``module.``, and an imgcls model's ``backbone.`` (its ``head.`` goes).
+
+    Only a file whose keys are all ``backbone.*`` or ``head.*`` is taken for an imgcls model:
+    ``head.*`` keys of other files are the model's own (a timm ConvNeXt's ``head.norm``).
+    """
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if any(k.startswith("backbone.") for k in state) and all(k.startswith(("backbone.", "head.")) for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     return state
 
 
@@ -230,6 +267,9 @@ def load_backbone_state(module, state: dict[str, Any], head_prefixes: tuple[str,
     """
     state = strip_prefixes(state)
     state = {k: v for k, v in state.items() if not k.startswith(head_prefixes)}
+    damaged = next((k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())), None)
+    if damaged is not None:
+        raise WeightsError(f"{source}: weights hold NaN or infinite values (e.g. {damaged}); they cannot be used for {arch}")
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -248,26 +288,45 @@ def load_backbone_state(module, state: dict[str, Any], head_prefixes: tuple[str,
 
 
 def resolve_pretrained(arch: str, *, pretrained: bool, weights_file: str | os.PathLike | None = None,
-                       progress: bool = False) -> Pretrained | None:
-    """The weights a training run starts from: a file, torchvision's, or None (scratch)."""
+                       progress: bool = False, weights_name: str | None = None) -> Pretrained | None:
+    """The weights a training run starts from: a file, torchvision's or timm's, or None (scratch).
+
+    ``weights_name`` picks one of the model's pretrained weights (``--weights-name``); with a
+    file it only names the preprocessing to assume when the file does not say.
+    """
+    timm = arch.startswith("timm/")
     if weights_file is not None:
         pre = read_weights_file(weights_file)
         if pre.mean is None or pre.std is None:
-            # A bare state dict for a torchvision architecture: assume torchvision's preprocessing.
-            tv = torchvision_weights(arch)
-            norm = transforms_norm(tv) if tv is not None else None
+            # A bare state dict: assume the preprocessing of the architecture's own pretrained weights.
+            norm, source = None, "torchvision"
+            if timm:
+                from imgcls.models.timm_models import pretrained_norm
+
+                norm, source = pretrained_norm(arch, weights_name), "timm"
+            else:
+                tv = torchvision_weights(arch, weights_name)
+                norm = transforms_norm(tv) if tv is not None else None
             if norm is not None:
                 pre.mean = pre.mean or norm[0]
                 pre.std = pre.std or norm[1]
-                pre.meta["normalization_assumed"] = "torchvision"
+                pre.meta["normalization_assumed"] = source
         return pre
     if pretrained:
-        return fetch_torchvision(arch, progress=progress)
+        if timm:
+            from imgcls.models.timm_models import fetch_pretrained
+
+            return fetch_pretrained(arch, weights_name, progress=progress)
+        return fetch_torchvision(arch, progress=progress, name=weights_name)
     return None
 
 
 def cache_status(arch: str) -> str:
     """'cached', 'download' or 'no' (for listings; never touches the network)."""
+    if arch.startswith("timm/"):
+        from imgcls.models.timm_models import cache_status as timm_status
+
+        return timm_status(arch)
     weights = torchvision_weights(arch)
     if weights is None:
         return "no"

@@ -27,6 +27,9 @@ class TrainConfig:
     arch_options: dict[str, Any] = field(default_factory=dict)
     dropout: float = 0.2
     trainable_blocks: int | None = None  # None: all; 0: head only (--freeze); N: last N blocks
+    head: str | None = None  # linear (SGD), logreg, ncm (closed form, frozen only); None: logreg if frozen, else linear
+    head_norm: str | None = None  # the head's input normalisation (l2 for logreg/ncm heads), kept by finetune
+    weights_name: str | None = None  # --weights-name: which of the architecture's pretrained weights
     freeze_bn: bool | None = None  # backbone BatchNorm in inference mode; None: yes when starting from trained weights
     epochs: int = 20
     batch_size: int = 64
@@ -63,6 +66,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
+        data = dict(data)
+        data.setdefault("head", "linear")  # configs written before --head: the SGD-trained head
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @property

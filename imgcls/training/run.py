@@ -12,9 +12,10 @@ the run folder (the other ranks learn its path from rank 0).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,10 @@ def _per_channel(values: Sequence[float], channels: int, what: str) -> list[floa
     return values
 
 
-def resolve_geometry(cfg: TrainConfig, spec: Any, train: Sequence[Record], root: Path) -> tuple[int, int]:
-    """Input size and channels: options first, then the architecture, then the data."""
-    size, channels = cfg.image_size or None, cfg.channels or None
+def resolve_geometry(cfg: TrainConfig, spec: Any, train: Sequence[Record], root: Path,
+                     weights_size: int | None = None) -> tuple[int, int]:
+    """Input size and channels: options first, then the pretrained weights' own size, the architecture, the data."""
+    size, channels = cfg.image_size or weights_size or None, cfg.channels or None
     if spec.channels is not None:
         if channels is not None and channels != spec.channels:
             raise UsageProblem(f"--channels {channels}: {spec.name} takes {spec.channels}-channel input "
@@ -81,7 +83,7 @@ def resolve_geometry(cfg: TrainConfig, spec: Any, train: Sequence[Record], root:
             detail(f"image size {size} px (most common image side {common}, clamped to [{lo}, {hi}]; --image-size overrides)")
     if channels is None:
         channels = 1 if gray else 3
-    low = MIN_SIZE_PRETRAINABLE if spec.pretrainable else SCRATCH_SIZE_RANGE[0]
+    low = getattr(spec, "min_size", None) or (MIN_SIZE_PRETRAINABLE if spec.pretrainable else SCRATCH_SIZE_RANGE[0])
     if size < low:
         raise UsageProblem(f"--image-size {size}: {spec.name} needs at least {low} px")
     return int(size), int(channels)
@@ -96,7 +98,7 @@ def model_info(cfg: TrainConfig, classes: Sequence[str], mhash: str, extra: dict
         mean=list(cfg.mean), std=list(cfg.std), arch_options=dict(cfg.arch_options), dropout=cfg.dropout,
         trainable_blocks=cfg.trainable_blocks, imgcls_version=__version__,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), config=cfg.to_dict(), manifest_hash=mhash,
-        parent=cfg.parent, extra=dict(extra or {}),
+        parent=cfg.parent, head=cfg.head or "linear", head_norm=cfg.head_norm, extra=dict(extra or {}),
     )
 
 
@@ -191,6 +193,7 @@ class Session:
         index = {c: i for i, c in enumerate(self.classes)}
         cache_dir = resolve_cache_dir(cfg.cache_dir, enabled=cfg.cache)
         augment = preset(cfg.augment, cfg.flip)
+        self.closed_form = closed_form_head(cfg)
         channels_last = cfg.channels_last and device.type == "cuda"
         views = self._feature_views(augment)
         store = None
@@ -213,6 +216,9 @@ class Session:
             # and train the head on the features (the model file still holds backbone + head).
             assert store is not None
             train_feed, val_feed = self._feature_feeds(store, views, augment, index, cache_dir, channels_last)
+            if self.closed_form:  # fit in one step in finish(): no optimiser, no epochs
+                self.train_feed, self.val_feed, self.trainer = train_feed, val_feed, None
+                return None
 
             def forward(m: Any, x: torch.Tensor) -> torch.Tensor:
                 return m.head(x)
@@ -238,8 +244,11 @@ class Session:
     def _feature_views(self, augment: Any) -> list[int | None] | None:
         """What the backbone runs on once: [None] (the plain images), views 0..K-1, or None (every step)."""
         cfg = self.cfg
-        if not (cfg.frozen and cfg.feature_cache):
+        closed = closed_form_head(cfg)
+        if not (cfg.frozen and (cfg.feature_cache or closed)):  # a closed-form head always needs the features
             return None
+        if closed and augment.active and not cfg.feature_views:
+            raise UsageProblem(closed_form_augment_message(cfg))
         if not augment.active:
             if cfg.feature_views:
                 detail(f"--feature-views {cfg.feature_views}: no augmentation, so the one plain view is used")
@@ -331,12 +340,15 @@ class Session:
                 what += " (cached for later runs)"
             if len(missing) < len(wanted):
                 what += "; the rest read from the feature cache"
+        closed = closed_form_head(cfg)
         if views == [None]:
-            info(f"frozen backbone: features of {n_train + n_val} images {what}; the epochs train the head on them")
+            info(f"frozen backbone: features of {n_train + n_val} images {what}; "
+                 + (f"the {cfg.head} head is fitted on them" if closed else "the epochs train the head on them"))
         else:
             info(f"frozen backbone: {len(views)} augmented views (--augment {cfg.augment}) of the {n_train} training "
-                 f"images and the plain {n_val} validation images {what}; epoch e trains the head on view "
-                 f"(e - 1) mod {len(views)}")
+                 f"images and the plain {n_val} validation images {what}; "
+                 + (f"the {cfg.head} head is fitted on all views" if closed else
+                    f"epoch e trains the head on view (e - 1) mod {len(views)}"))
         detail(f"backbone passes: {passes} images")
         val_feed = FeatureFeeder(found[wanted[0][2]], self._labels(splits.val, index), max(cfg.batch_size, 256))
         train_labels = self._labels(splits.train, index)
@@ -401,6 +413,8 @@ class Session:
         """Attach the run folder: the trainer saves the best model, history and checkpoint into it."""
         self.run = run
         trainer = self.trainer
+        if trainer is None:  # a closed-form head: finish() writes the run folder at once
+            return
         if not self.is_main:  # rank 0 alone writes the run folder
             trainer.on_best = None
             trainer.on_epoch = list(self.callbacks)
@@ -484,6 +498,8 @@ class Session:
     def finish(self) -> RunResult:
         """Fit, then restore the best weights and write the final files. Cleans up a run that never got a model."""
         assert self.run is not None
+        if self.trainer is None:
+            return self._finish_closed_form()
         trainer, run = self.trainer, self.run
         try:
             result = self._fit()
@@ -526,6 +542,146 @@ class Session:
             return RunResult(run.path, None, result, self.cfg, self.classes, self.stop_signal)
         run.update_latest()
         return RunResult(run.path, run.model_path, result, self.cfg, self.classes, self.stop_signal)
+
+    def _finish_closed_form(self) -> RunResult:
+        """Fit a logreg/ncm head on the cached features, then write the model, a one-line history and the plot.
+
+        The history line is epoch 1 of the run (one fit, the best and only "epoch"), with the
+        train and val loss/accuracy of the fitted head, so eval --report's learning curves,
+        finetune's epoch numbering and the best-epoch metadata read it like any other run.
+        """
+        import numpy as np
+
+        from imgcls.models.heads import FITTERS
+
+        assert self.run is not None
+        cfg, run, model = self.cfg, self.run, self.model
+        try:
+            t0 = time.perf_counter()
+            views = list(getattr(self.train_feed, "views", None) or [self.train_feed.features])
+            labels = self.train_feed.labels
+            n = len(labels)
+            x = torch.cat([v.float().cpu() for v in views]).numpy()
+            y = labels.cpu().repeat(len(views)).numpy()
+            groups = np.tile(np.arange(n), len(views))
+            val = (self.val_feed.features.float().cpu().numpy(), self.val_feed.labels.cpu().numpy())
+            with _fit_progress(cfg.head) as progress, self._sigterm_stops():
+                fit = FITTERS[cfg.head](x, y, len(self.classes), val=val, groups=groups,
+                                        class_weight=cfg.class_weights, seed=cfg.seed, progress=progress)
+            linear = model.head[1]
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(fit.weight))
+                linear.bias.copy_(torch.from_numpy(fit.bias))
+            train_loss, train_acc = _head_scores(model, torch.cat(views), labels.repeat(len(views)))
+            val_loss, val_acc = _head_scores(model, self.val_feed.features, self.val_feed.labels)
+            record = {"epoch": 1, "phase": cfg.phase, "head": cfg.head,
+                      "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
+                      "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6), "lr": None,
+                      "seconds": round(time.perf_counter() - t0, 3), "best": True}
+            record.update({k: v for k, v in fit.info.items() if k in ("C", "selection", "temperature")})
+            how = (f"C={fit.info['C']:.3g} chosen by {fit.info['selection']} log-loss" if cfg.head == "logreg"
+                   else f"temperature {fit.info['temperature']:.3g} fitted on the val split")
+            info(f"{cfg.head} head fitted on {len(x)} feature vectors in {record['seconds']:.1f}s ({how}): "
+                 f"train loss {train_loss:.4f} acc {train_acc:.3f}, val loss {val_loss:.4f} acc {val_acc:.3f}")
+            history = [*self.history, record]
+            fit_result = FitResult(history=history, best_epoch=1, best_val_loss=val_loss, epochs_run=1)
+            if self.is_main:
+                self.save_model(extra={"best_epoch": 1, "epochs_run": 1, "stopped_early": False,
+                                       "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6),
+                                       "head_fit": fit.info})
+                run.write_history(history)
+                try:
+                    run.write_plot(history)
+                except Exception as exc:  # noqa: BLE001 - a plot is never worth failing a run for
+                    detail(f"no learning-curve plot: {exc}")
+                run.update_latest()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM during the fit: no model, no run folder left behind
+            if self.is_main:
+                run.remove_if_unused()
+            return RunResult(run.path, None, FitResult(history=[], interrupted=True), cfg, self.classes,
+                             self.stop_signal)
+        except BaseException:
+            if self.is_main:
+                run.remove_if_unused()
+            raise
+        return RunResult(run.path, run.model_path, fit_result, cfg, self.classes, self.stop_signal)
+
+    @contextlib.contextmanager
+    def _sigterm_stops(self) -> Iterator[None]:
+        """SIGTERM raises KeyboardInterrupt (as in :meth:`_fit`), so a stopped fit ends like Ctrl-C."""
+        import signal
+        import threading
+
+        handled = (not self.dist.enabled and threading.current_thread() is threading.main_thread()
+                   and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+        if not handled:
+            yield
+            return
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            self.stop_signal = signum
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def closed_form_head(cfg: TrainConfig) -> bool:
+    from imgcls.models.heads import CLOSED_FORM_HEADS
+
+    return cfg.frozen and cfg.head in CLOSED_FORM_HEADS
+
+
+def closed_form_augment_message(cfg: TrainConfig) -> str:
+    return (f"--head {cfg.head} is fitted once on features computed once: with --augment {cfg.augment} add "
+            f"--feature-views K (K augmented views of each training image, cached), or use --head linear "
+            f"(trained by SGD on freshly augmented batches)")
+
+
+@torch.no_grad()
+def _head_scores(model: Any, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Cross-entropy and accuracy of the model's head on features (eval mode: no dropout)."""
+    was = model.training
+    model.eval()
+    try:
+        logits = model.head(features.float().to(next(model.head.parameters()).device))
+        labels = labels.to(logits.device)
+        loss = float(torch.nn.functional.cross_entropy(logits, labels))
+        acc = float((logits.argmax(1) == labels).float().mean())
+    finally:
+        model.train(was)
+    return loss, acc
+
+
+class _fit_progress:
+    """What a closed-form fit is doing: a transient status line in a terminal, -v detail lines otherwise."""
+
+    def __init__(self, head: str):
+        self.head = head
+        self.status: Any = None
+
+    def __enter__(self) -> Callable[[str], None]:
+        from imgcls.console import get_console, is_interactive, settings
+
+        if is_interactive() and settings.verbosity >= 0:
+            self.status = get_console().status(f"fitting the {self.head} head")
+            self.status.start()
+
+        def progress(message: str) -> None:
+            detail(message)
+            if self.status is not None:
+                from rich.markup import escape
+
+                self.status.update(escape(message))
+
+        return progress
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.status is not None:
+            self.status.stop()
 
 
 class _Snapshot:
@@ -570,18 +726,37 @@ def train(header: Header, records: Sequence[Record], root: Path, cfg: TrainConfi
     from imgcls.models.registry import get_model, get_spec
     from imgcls.models.weights import SCRATCH_MEAN, SCRATCH_STD, load_backbone_state, resolve_pretrained
 
+    from imgcls.models.heads import DEFAULT_FROZEN_HEAD, HEADS
+    from imgcls.models.weights import weights_size
+    from imgcls.training.augment import preset
+
     spec = get_spec(cfg.arch)
     join_process_group(cfg.device)
+    if cfg.head is not None and cfg.head not in HEADS:
+        raise UsageProblem(f"--head {cfg.head}: not a head (choose from {', '.join(HEADS)})")
+    if cfg.head is not None and not cfg.frozen:
+        raise UsageProblem(f"--head {cfg.head}: the head choice is for a frozen backbone; add --freeze "
+                           f"(a training backbone always gets the SGD-trained linear head)")
+    head = cfg.head or (DEFAULT_FROZEN_HEAD if cfg.frozen else "linear")
+    cfg = replace(cfg, head=head, head_norm=None if head == "linear" else "l2")
+    if closed_form_head(cfg) and preset(cfg.augment, cfg.flip).active and not cfg.feature_views:
+        raise UsageProblem(closed_form_augment_message(cfg))
     classes = list(header["classes"])
     splits = split_records(records, classes, cfg.seed, cfg.val_fraction, name)
     if cfg.pretrained and not spec.pretrainable and not cfg.weights:
         raise UsageProblem(f"{cfg.arch} is trained from scratch: it has no pretrained weights (drop --pretrained, "
                            f"or pass --weights FILE to start from a saved state dict)")
-    use_torchvision = spec.pretrainable and cfg.weights is None and cfg.pretrained is not False
-    image_size, channels = resolve_geometry(cfg, spec, splits.train, root)
+    use_hub = spec.pretrainable and cfg.weights is None and cfg.pretrained is not False
+    if cfg.weights_name is not None and not spec.pretrainable:
+        raise UsageProblem(f"--weights-name {cfg.weights_name}: {cfg.arch} has no pretrained weights")
+    if cfg.weights_name is not None and not use_hub and cfg.weights is None:
+        raise UsageProblem(f"--weights-name {cfg.weights_name} picks pretrained weights: it cannot be combined "
+                           f"with --no-pretrained")
+    named_size = weights_size(cfg.arch, cfg.weights_name) if spec.pretrainable and cfg.weights_name else None
+    image_size, channels = resolve_geometry(cfg, spec, splits.train, root, weights_size=named_size)
     with distributed.local_main_first():  # one download per node into the torch hub cache
-        pre = resolve_pretrained(cfg.arch, pretrained=use_torchvision, weights_file=cfg.weights,
-                                 progress=False)
+        pre = resolve_pretrained(cfg.arch, pretrained=use_hub, weights_file=cfg.weights,
+                                 progress=False, weights_name=cfg.weights_name)
     if pre is not None:
         info(f"pretrained weights: {pre.source}")
     if cfg.trainable_blocks == 0 and pre is None:
@@ -608,7 +783,9 @@ def train(header: Header, records: Sequence[Record], root: Path, cfg: TrainConfi
     torch.manual_seed(cfg.seed)
     model = get_model(cfg.arch, num_classes=len(classes), in_channels=channels, dropout=cfg.dropout,
                       pretrained=False, weights=pre if (pre is not None and spec.pretrainable) else None,
-                      **cfg.arch_options)
+                      image_size=image_size, **cfg.arch_options)
+    if cfg.head_norm is not None:
+        model.set_head_norm(cfg.head_norm)
     if pre is not None and not spec.pretrainable:
         load_backbone_state(model.backbone, pre.state_dict, (), cfg.arch, pre.source)
     _check_blocks(model, cfg.trainable_blocks, "--unfreeze")
@@ -643,6 +820,14 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
     run = RunDir(resolve_run(run_path))
     if not run.path.is_dir():
         raise UsageProblem(f"--resume {run_path}: no such run folder")
+    if not run.checkpoint_path.exists() and run.model_path.exists():
+        from imgcls.models.heads import CLOSED_FORM_HEADS
+        from imgcls.models.io import read_model_info
+
+        made = read_model_info(run.model_path).head
+        if made in CLOSED_FORM_HEADS:
+            raise UsageProblem(f"--resume {run.path}: its {made} head was fitted in one step; there is nothing "
+                               f"to resume (fine-tune it with imgcls finetune, or train again)")
     ckpt = load_checkpoint(run.checkpoint_path, resume=True)
     meta = ckpt.meta
     cfg = TrainConfig.from_dict(meta["config"])
@@ -665,7 +850,9 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
         raise UsageProblem(f"--resume {run.path}: all {cfg.epochs} epochs are done; pass a larger --epochs to continue")
     splits = split_records(records, classes, cfg.seed, cfg.val_fraction, str(run.manifest_path))
     model = get_model(cfg.arch, num_classes=len(classes), in_channels=cfg.channels, dropout=cfg.dropout,
-                      pretrained=False, **cfg.arch_options)
+                      pretrained=False, image_size=cfg.image_size, **cfg.arch_options)
+    if cfg.head_norm is not None:
+        model.set_head_norm(cfg.head_norm)
     if cfg.trainable_blocks is not None:
         model.set_trainable_blocks(cfg.trainable_blocks)
     # The checkpoint's weights before prepare(): frozen-backbone features are computed from them.
@@ -723,7 +910,8 @@ def finetune(header: Header, records: Sequence[Record], root: Path, model_path: 
     parent_cfg = TrainConfig.from_dict(minfo.config) if minfo.config else TrainConfig(arch=minfo.arch)
     cfg = replace(parent_cfg, arch=minfo.arch, arch_options=dict(minfo.arch_options), dropout=minfo.dropout,
                   image_size=minfo.image_size, channels=minfo.channels, mean=list(minfo.mean), std=list(minfo.std),
-                  phase="finetune", parent=str(path.resolve()), trainable_blocks=unfreeze)
+                  phase="finetune", parent=str(path.resolve()), trainable_blocks=unfreeze,
+                  head="linear", head_norm=minfo.head_norm)  # the head now trains by SGD from the parent's weights
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if overrides.get("freeze_bn") is None:
         cfg = replace(cfg, freeze_bn=True)  # the parent's statistics fit this data (or ImageNet's fit its weights)
