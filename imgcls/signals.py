@@ -159,14 +159,20 @@ def terminate_workers(pool: Any) -> None:
 
 @contextlib.contextmanager
 def worker_pool(max_workers: int) -> Iterator[Any]:
-    """A ProcessPoolExecutor whose workers die with this process; an error or signal stops them at once."""
+    """A ProcessPoolExecutor whose workers die with this process; an error or signal stops them at once.
+
+    While it runs, SIGPIPE is ignored (:func:`pipe_errors`): the executor's thread writes to its
+    workers' pipes, and a worker that has just died (terminated on SIGTERM, killed for memory)
+    must give a BrokenProcessPool, not kill this process with SIGPIPE before it can clean up.
+    """
     from concurrent.futures import ProcessPoolExecutor
 
-    pool = ProcessPoolExecutor(max_workers=max_workers, initializer=tie_to_parent, initargs=(os.getpid(),))
-    try:
-        yield pool
-    except BaseException:
-        terminate_workers(pool)
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    with pipe_errors():
+        pool = ProcessPoolExecutor(max_workers=max_workers, initializer=tie_to_parent, initargs=(os.getpid(),))
+        try:
+            yield pool
+        except BaseException:
+            terminate_workers(pool)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
