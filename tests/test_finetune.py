@@ -71,8 +71,8 @@ def test_finetune_discriminative_learning_rates(trained, tmp_path):
     header, records, reader = read_all(manifest)
     seen = {}
 
-    def groups(trainer, record):
-        seen.update({g["name"]: g["initial_lr"] for g in trainer.optimizer.param_groups})
+    def groups(trainer, record):  # the peak rate of the warm-up + cosine (onecycle: finetune's default)
+        seen.update({g["name"]: g["max_lr"] for g in trainer.optimizer.param_groups})
 
     finetune(header, records, reader.root, root / "parent", {"epochs": 1, "lr": 3e-4}, unfreeze=None,
              backbone_lr_ratio=0.5, out=tmp_path / "a", callbacks=[groups])
