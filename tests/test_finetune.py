@@ -53,8 +53,12 @@ def test_finetune_pipeline_continues_history(invoke, trained, tmp_path):
     info = read_model_info(out)
     assert info.parent == str((parent / "model.safetensors").resolve())
     assert info.trainable_blocks == 1
-    assert info.config["phase"] == "finetune" and info.config["lr"] == 1e-4
-    assert info.config["backbone_lr"] == pytest.approx(1e-5)
+    assert info.config["phase"] == "finetune" and info.config["lr"] == 1e-3
+    assert info.config["backbone_lr"] == pytest.approx(1e-4)
+    # the fine-tuning recipe, whatever the parent trained with (cosine, no mixup, no smoothing)
+    assert (info.config["schedule"], info.config["mixup"], info.config["label_smoothing"]) == ("onecycle", 0.2, 0.1)
+    lrs = [h["lr"] for h in history if h["phase"] == "finetune"]
+    assert lrs[-1] < 1e-6 < lrs[0]  # annealed to (nearly) 0 by the last epoch
     assert info.config["batch_size"] == 8  # inherited from the parent run
     before, after = _tensors(parent), _tensors(out)
     frozen = [k for k in before if k.startswith("backbone.0.")]  # block 0 (of 2) stays frozen, BN stats too

@@ -981,6 +981,10 @@ def test_train_mixup_cutmix_ema_through_the_cli(invoke, manifest, tmp_path):
     assert set(k[len("ema.module."):] for k in ckpt if k.startswith("ema.module.")) == set(_tensors(out))
     bad = _train(invoke, manifest, tmp_path / "bad", "--ema", "1.0")
     assert bad.exit_code == 2 and "--ema" in bad.stderr
+    # a frozen backbone cannot serve cached features of blended images: it runs on every batch
+    frozen = _train(invoke, manifest, tmp_path / "frozen", "--epochs", "1", "--freeze", "--mixup", "0.2")
+    assert frozen.exit_code == 0, frozen.stderr
+    assert "runs on every (blended) batch" in frozen.stderr and "computed once" not in frozen.stderr
 
 
 def test_train_saves_the_ema_weights_when_they_validate_better(manifest, tmp_path, monkeypatch):
@@ -1038,6 +1042,7 @@ def test_train_from_pretrained_weights_warms_the_head_up_then_unfreezes(invoke, 
 
     info = read_model_info(out)
     assert info.config["schedule"] == "onecycle" and info.config["freeze_epochs"] == 2
+    assert (info.config["mixup"], info.config["label_smoothing"]) == (0.2, 0.1)  # the fine-tuning recipe
     assert info.trainable_blocks is None and info.config["backbone_lr"] == pytest.approx(1e-4)
     before, after = _tensors(weights), _tensors(out)
     stats = [k for k in before if k.startswith("backbone.") and ("running_" in k)]
@@ -1100,11 +1105,26 @@ def test_train_find_lr_valley_is_inside_the_descent():
     assert lrs[10] <= steep(lrs, losses) <= lrs[24]
 
 
-def test_train_recipe_option_defaults_come_from_the_config():
+def test_train_recipe_option_defaults_come_from_the_config(invoke, manifest, tmp_path):
+    from imgcls.commands import _training
     from imgcls.commands.train import command
     from imgcls.training import TrainConfig
+    from imgcls.training.config import FINETUNE_RECIPE
 
     defaults = {p.name: p.default for p in command.params}
     config = TrainConfig()
-    for name in ("mixup", "cutmix", "ema", "precise_bn", "freeze_epochs", "label_smoothing"):
+    for name in ("cutmix", "ema", "precise_bn", "freeze_epochs"):
         assert defaults[name] == getattr(config, name), name
+    assert _training.FINETUNE_RECIPE == FINETUNE_RECIPE  # the torch-free copy the help texts use
+    # schedule, mixup and label smoothing depend on the run: from scratch the config's, fine-tuning the recipe's
+    assert {k: defaults[k] for k in FINETUNE_RECIPE} == {k: None for k in FINETUNE_RECIPE}
+    scratch = _train(invoke, manifest, tmp_path / "s", "--epochs", "1")
+    assert scratch.exit_code == 0, scratch.stderr
+    from imgcls.models.io import read_model_info
+
+    used = read_model_info(tmp_path / "s").config
+    assert {k: used[k] for k in FINETUNE_RECIPE} == {k: getattr(config, k) for k in FINETUNE_RECIPE}
+    tuned = _train(invoke, manifest, tmp_path / "p", "--epochs", "1", "--freeze-epochs", "1",
+                   "--weights", str(tmp_path / "s" / "model.safetensors"))
+    assert tuned.exit_code == 0, tuned.stderr
+    assert {k: read_model_info(tmp_path / "p").config[k] for k in FINETUNE_RECIPE} == FINETUNE_RECIPE

@@ -6,7 +6,8 @@ from __future__ import annotations
 import click
 
 from imgcls.commands._common import common_options, open_input
-from imgcls.commands._training import check_run_outputs, continue_run, check_no_terminal_stdin, emit_manifest, loop_options, parse_floats_option, report_result
+from imgcls.commands._training import (FINETUNE_RECIPE, check_run_outputs, continue_run, check_no_terminal_stdin,
+                                       emit_manifest, loop_options, parse_floats_option, report_result)
 
 
 def _list_archs(as_json: bool) -> None:
@@ -218,8 +219,10 @@ def command(manifest: str, arch: str, list_archs: bool, as_json: bool, image_siz
             lr = 1e-3 if from_pretrained else 2e-3
         if backbone_lr is None and from_pretrained and not freeze:
             backbone_lr = lr * backbone_lr_ratio
-        if loop["schedule"] is None:
-            loop["schedule"] = "onecycle" if from_pretrained and not freeze else "cosine"
+        fine_tuning = from_pretrained and not freeze  # the recipe of fine-tuning trained weights applies
+        for key, value in FINETUNE_RECIPE.items():
+            if loop[key] is None:
+                loop[key] = value if fine_tuning else {"schedule": "cosine"}.get(key, 0.0)
         if (loop["mixup"] or loop["cutmix"]) and freeze and feature_views:
             raise UsageProblem("--mixup/--cutmix blend images, not fixed feature views: drop --feature-views")
         header, records, reader = read_all(open_input(manifest))

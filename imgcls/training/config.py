@@ -9,6 +9,9 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "onecycle", "plateau", "none")
 CLASS_WEIGHTS = ("none", "auto")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# Fine-tuning trained weights (finetune; train from pretrained weights without --freeze): these settings
+# unless given, whatever the parent used. Chosen by the recipes study (docs/benchmarks.md).
+FINETUNE_RECIPE = {"schedule": "onecycle", "mixup": 0.2, "label_smoothing": 0.1}
 
 
 @dataclass

@@ -325,8 +325,8 @@ class Trainer:
         sched = self.scheduler
         if sched is None or isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             return
-        if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and sched.last_epoch >= sched.total_steps:
-            return  # OneCycleLR refuses a step past its end
+        if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and sched.last_epoch >= sched.total_steps - 1:
+            return  # its last step is the last batch's rate; past it OneCycleLR extrapolates, then refuses
         sched.step()
 
     def train_epoch(self, advance: Callable[[float], None]) -> tuple[float, float]:

@@ -25,7 +25,7 @@ from imgcls.errors import DataError, UsageProblem
 from imgcls.manifest import Header, Record, manifest_hash
 from imgcls.training import distributed
 from imgcls.training._console import detail, info, warn
-from imgcls.training.config import TrainConfig
+from imgcls.training.config import FINETUNE_RECIPE, TrainConfig
 from imgcls.training.data import (Feeder, FeatureFeeder, ImageSet, Splits, extract_features, infer_geometry,
                                   split_records)
 from imgcls.training.loop import FitResult, Trainer, resolve_device
@@ -801,9 +801,6 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
 
 # -- finetune -------------------------------------------------------------------------------
 
-FINETUNE_SCHEDULE = "onecycle"
-
-
 def _augmentation_of(minfo: Any) -> dict[str, Any] | None:
     """What a saved model was trained to see (its record, else its training config), for its fine-tuned child."""
     record = minfo.extra.get("augmentation")
@@ -869,8 +866,8 @@ def finetune(header: Header, records: Sequence[Record], root: Path, model_path: 
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if overrides.get("freeze_bn") is None:
         cfg = replace(cfg, freeze_bn=True)  # the parent's statistics fit this data (or ImageNet's fit its weights)
-    if overrides.get("schedule") is None:
-        cfg = replace(cfg, schedule=FINETUNE_SCHEDULE)  # warm-up + cosine, whatever the parent's schedule was
+    # the fine-tuning recipe (warm-up + cosine, mixup, label smoothing), whatever the parent trained with
+    cfg = replace(cfg, **{k: v for k, v in FINETUNE_RECIPE.items() if overrides.get(k) is None})
     if overrides.get("backbone_lr") is None:
         cfg = replace(cfg, backbone_lr=cfg.lr * backbone_lr_ratio if backbone_lr_ratio is not None else None)
     splits = split_records(records, classes, cfg.seed, cfg.val_fraction, name)
