@@ -164,11 +164,15 @@ def tta_policy(info, tta: Any):
     return tta
 
 
-def _probabilities(model, info, array: np.ndarray, device: str, policy) -> tuple[np.ndarray, np.ndarray | None]:
-    """Softmax probabilities (float64, rows summing to 1) for a uint8 N x H x W x C batch.
+def _probabilities(model, info, array: np.ndarray, device: str, tta: Any = False) -> np.ndarray:
+    """Softmax probabilities (float64, rows summing to 1) for a uint8 N x H x W x C batch (``tta``: as
+    :func:`tta_policy` takes it)."""
+    return _probabilities_and_plain(model, info, array, device, tta_policy(info, tta))[0]
 
-    With a TTA ``policy``: the mean over its views, and the plain image's alone beside it.
-    """
+
+def _probabilities_and_plain(model, info, array: np.ndarray, device: str,
+                             policy) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_probabilities`, and with a TTA ``policy`` (the mean over its views) the plain image's beside it."""
     runner = getattr(model, "imgcls_probabilities", None)
     if runner is not None:  # an exported model (imgcls.evaluation.onnx_backend): numpy in, numpy out, no torch
         return runner(array, policy is not None), None  # (TTA is refused for those up front)
@@ -263,7 +267,7 @@ def predict_batches(
                 if writer is not None:
                     writer = _append_or_drop(writer, array if not errors else None)
                 probs, plain = ((np.zeros((0, n_classes)), None) if array is None
-                                else _probabilities(model, info, array, device, policy))
+                                else _probabilities_and_plain(model, info, array, device, policy))
                 if plain is None and policy is not None:
                     plain = probs
                 if on_batch is not None:
@@ -320,7 +324,7 @@ def predict_array(
     with _inference_mode(model):
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            probs, plain = _probabilities(model, info, chunk, device, policy)
+            probs, plain = _probabilities_and_plain(model, info, chunk, device, policy)
             if on_batch is not None:
                 on_batch(len(chunk))
             yield Batch(list(range(start, start + len(chunk))), probs, plain=plain)

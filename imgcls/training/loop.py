@@ -494,7 +494,13 @@ class Trainer:
 
             state = {k[len("ema."):]: v for k, v in ckpt.tensors.items() if k.startswith("ema.")}
             if state:
-                load_ema_state(self.ema, state)
+                try:
+                    load_ema_state(self.ema, state)
+                except (RuntimeError, KeyError, ValueError) as exc:
+                    from imgcls.errors import ModelError
+
+                    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+                    raise ModelError(f"{ckpt.path}: checkpoint tensors \"ema.*\" do not fit the model ({first})") from None
             else:  # a checkpoint written without --ema: the average starts from the current weights
                 self.ema.module.load_state_dict(self.model.state_dict())
         if self.scheduler is not None and meta.get("scheduler"):
