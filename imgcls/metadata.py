@@ -230,6 +230,8 @@ def check_checkpoint_state(meta: Any, required: Sequence[str] = ("epoch",)) -> d
             raise FieldProblem(name, "is missing")
     if "config" in meta:
         check_train_config(meta["config"])
+    if "run_config" in meta:  # a checkpoint of a warm-up: the whole run's configuration
+        check_train_config(meta["run_config"], "run_config")
     if "epoch" in meta:
         _check_int(meta["epoch"], "epoch", 0)
     if "classes" in meta:

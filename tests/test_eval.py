@@ -574,3 +574,50 @@ def test_eval_html_renders_unknown_and_missing_blocks(html_page):
     assert "Comparison" not in [a.get("id") for _, a in parsed.tags]
     bare = PageParser(render_html({"models": [{}]}))  # nothing at all: still a page
     assert "imgcls eval report" in bare.text
+
+def test_eval_tta_reports_accuracy_with_and_without_side_by_side(invoke, world, tmp_path):
+    """--tta: views the model was trained to see (no mirror without a record of flips), both accuracies reported."""
+    schema = json.loads(SCHEMA.read_text())
+    manifest = write_manifest_file(tmp_path / "m.jsonl", world["records"])
+    plain, _ = eval_json(invoke, [manifest, "-m", world["perfect"], "-m", world["constant"]])
+    doc, result = eval_json(invoke, [manifest, "-m", world["perfect"], "-m", world["constant"], "--tta", "-v"])
+    assert schema_errors(doc, schema) == []
+    report = doc["models"][0]
+    tta = report["tta"]
+    assert tta["views"] == ["identity", "right 1px", "left 1px", "down 1px", "up 1px"]  # 16 px: 1/32 -> 1 px
+    assert "no mirror" in tta["reason"] and "safe default" in tta["reason"]
+    # "without" is exactly what eval gives without --tta; "with" is the report's own metrics
+    assert tta["without"] == {k: plain["models"][0]["metrics"][k] for k in tta["without"]}
+    assert tta["with"]["accuracy"] == report["metrics"]["accuracy"]
+    assert tta["accuracy_gain"] == pytest.approx(tta["with"]["accuracy"] - tta["without"]["accuracy"])
+    assert report["metrics"]["log_loss"] != plain["models"][0]["metrics"]["log_loss"]  # the views changed the probabilities
+    assert doc["comparison"][0]["accuracy_without_tta"] == tta["without"]["accuracy"]
+    assert "accuracy without TTA" in result.stderr and "TTA with 5 views" in result.stderr
+    assert "tta" not in plain["models"][0] and plain["comparison"][0]["accuracy_without_tta"] is None
+
+
+def test_eval_tta_policy_from_the_model_record_or_its_config():
+    from imgcls.evaluation.tta import View, apply_view, policy_for
+    from imgcls.models.io import ModelInfo
+
+    def info(extra=None, config=None, size=28):
+        return ModelInfo(arch="cnn", classes=["a", "b"], image_size=size, channels=1, mean=[0.5], std=[0.5],
+                         extra=extra or {}, config=config or {})
+
+    flips = policy_for(info({"augmentation": {"flip": True, "shift": 0.1}}, size=32))
+    assert [v.name for v in flips.views] == ["identity", "mirror", "right 2px", "left 2px", "down 2px", "up 2px"]
+    assert "trained with flips" in flips.reason and "half the trained 10%" in flips.reason
+    # an older file: its training config says what it was trained with
+    light = policy_for(info(config={"augment": "light", "flip": True}))
+    assert light.views[1].mirror and "--augment light" in light.reason
+    digits = policy_for(info(config={"augment": "standard", "flip": False}))
+    assert not any(v.mirror for v in digits.views) and "trained without flips" in digits.reason
+    assert not any(v.mirror for v in policy_for(info()).views)  # nothing recorded: no mirror
+    import torch
+
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    right, up = apply_view(x, View("r", dx=1)), apply_view(x, View("u", dy=-1))
+    assert torch.equal(right[0, 0, :, 1:], x[0, 0, :, :3]) and torch.equal(right[0, 0, :, 0], x[0, 0, :, 0])
+    assert torch.equal(up[0, 0, :3], x[0, 0, 1:]) and torch.equal(up[0, 0, 3], x[0, 0, 3])
+    mirrored = apply_view(x, flips.views[1])
+    assert torch.equal(mirrored, x.flip(3))

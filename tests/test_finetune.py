@@ -53,8 +53,12 @@ def test_finetune_pipeline_continues_history(invoke, trained, tmp_path):
     info = read_model_info(out)
     assert info.parent == str((parent / "model.safetensors").resolve())
     assert info.trainable_blocks == 1
-    assert info.config["phase"] == "finetune" and info.config["lr"] == 1e-4
-    assert info.config["backbone_lr"] == pytest.approx(1e-5)
+    assert info.config["phase"] == "finetune" and info.config["lr"] == 1e-3
+    assert info.config["backbone_lr"] == pytest.approx(1e-4)
+    # the fine-tuning recipe, whatever the parent trained with (cosine, no mixup, no smoothing)
+    assert (info.config["schedule"], info.config["mixup"], info.config["label_smoothing"]) == ("onecycle", 0.2, 0.1)
+    lrs = [h["lr"] for h in history if h["phase"] == "finetune"]
+    assert lrs[-1] < 1e-6 < lrs[0]  # annealed to (nearly) 0 by the last epoch
     assert info.config["batch_size"] == 8  # inherited from the parent run
     before, after = _tensors(parent), _tensors(out)
     frozen = [k for k in before if k.startswith("backbone.0.")]  # block 0 (of 2) stays frozen, BN stats too
@@ -71,8 +75,8 @@ def test_finetune_discriminative_learning_rates(trained, tmp_path):
     header, records, reader = read_all(manifest)
     seen = {}
 
-    def groups(trainer, record):
-        seen.update({g["name"]: g["initial_lr"] for g in trainer.optimizer.param_groups})
+    def groups(trainer, record):  # the peak rate of the warm-up + cosine (onecycle: finetune's default)
+        seen.update({g["name"]: g["max_lr"] for g in trainer.optimizer.param_groups})
 
     finetune(header, records, reader.root, root / "parent", {"epochs": 1, "lr": 3e-4}, unfreeze=None,
              backbone_lr_ratio=0.5, out=tmp_path / "a", callbacks=[groups])

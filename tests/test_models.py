@@ -387,7 +387,7 @@ def test_models_without_timm_one_line_says_what_to_install(monkeypatch, invoke, 
     from imgcls.models import registry
 
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
-    monkeypatch.delitem(registry._REGISTRY, "timm/resnet18", raising=False)
+    monkeypatch.delitem(registry._RESOLVED, "timm/resnet18", raising=False)
     with pytest.raises(ImgclsError, match=r"pip install 'imgcls\[timm\]'"):
         get_spec("timm/resnet18")
     result = invoke(["train", str(tmp_path / "none.jsonl"), "--arch", "timm/resnet18"])

@@ -164,14 +164,49 @@ def test_predict_same_probabilities_as_eval(invoke, world, tmp_path):
         assert _probs(line) == pytest.approx(from_eval[line["path"]], abs=1e-6)
 
 
-def test_predict_tta_averages_with_the_mirror_image(invoke, world, tmp_path):
+def _views_by_hand(model_path: Path, image: Path, mirror: bool) -> dict[str, float]:
+    """The mean softmax over the image, 4 one-pixel shifts (edge pixels filling in) and, if asked, its mirror."""
+    import torch
+
+    from imgcls.models.io import load_model
+    from imgcls.models.preprocess import load_uint8, normalize
+
+    model, info = load_model(model_path)
+    img = load_uint8(image, info.image_size, info.channels)
+    padded = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    h, w = img.shape[:2]
+    views = [img] + [padded[1 - dy:1 - dy + h, 1 - dx:1 - dx + w] for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))]
+    if mirror:
+        views.append(img[:, ::-1])
+    x = normalize(torch.from_numpy(np.stack(views).copy()), info.mean, info.std)
+    with torch.no_grad():
+        p = torch.softmax(model(x), dim=1).mean(0)
+    return {c: float(v) for c, v in zip(info.classes, p)}
+
+
+def test_predict_tta_views_follow_the_training_augmentation(invoke, world, tmp_path):
+    """No mirror unless the model trained with flips (issue 15: a mirrored "3" reads as "8")."""
+    from imgcls.models.io import load_model, save_model
+
     image = make_image(tmp_path / "img.png", "square", size=16, seed=5)
-    mirrored = tmp_path / "mirror.png"
-    Image.open(image).transpose(Image.FLIP_LEFT_RIGHT).save(mirrored)
-    plain, _ = predict_lines(invoke, ["-m", world["perfect"], image, mirrored])
-    tta, _ = predict_lines(invoke, ["-m", world["perfect"], image, "--tta"])
-    expected = {c: (_probs(plain[0])[c] + _probs(plain[1])[c]) / 2 for c in CLASSES}
-    assert _probs(tta[0]) == pytest.approx(expected, abs=1e-6)
+    # the helper's model file records no training augmentation: the safe default, shifts without the mirror
+    tta, result = predict_lines(invoke, ["-m", world["perfect"], image, "--tta"])
+    assert "5 views" in result.stderr and "no mirror" in result.stderr and "safe default" in result.stderr
+    assert _probs(tta[0]) == pytest.approx(_views_by_hand(world["perfect"], image, mirror=False), abs=1e-5)
+    plain, _ = predict_lines(invoke, ["-m", world["perfect"], image])
+    assert _probs(tta[0]) != pytest.approx(_probs(plain[0]), abs=1e-6)  # the views did change something
+    # the same weights recorded as trained with flips: the mirror joins the views
+    model, info = load_model(world["perfect"])
+    info.extra["augmentation"] = {"preset": "light", "flip": True, "shift": 0.0, "rotation": 0.0, "zoom": 0.0}
+    flipped = save_model(tmp_path / "flipped.safetensors", model, info)
+    tta, result = predict_lines(invoke, ["-m", flipped, image, "--tta"])
+    assert "6 views" in result.stderr and "mirror" in result.stderr and "trained with flips" in result.stderr
+    assert _probs(tta[0]) == pytest.approx(_views_by_hand(flipped, image, mirror=True), abs=1e-5)
+    # and one trained without flips says so, from its training record
+    info.extra["augmentation"] = {"preset": "none", "flip": False, "shift": 0.0, "rotation": 0.0, "zoom": 0.0}
+    plain_model = save_model(tmp_path / "noflip.safetensors", model, info)
+    _, result = predict_lines(invoke, ["-m", plain_model, image, "--tta"])
+    assert "no mirror: trained without flips" in result.stderr
 
 
 def test_predict_table_for_people(invoke, world, tmp_path):

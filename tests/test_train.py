@@ -1080,3 +1080,248 @@ def test_train_closed_form_fit_stopped_by_sigterm_leaves_nothing(invoke, manifes
     assert result.exit_code == 143 and result.stdout == ""
     assert "stopped by signal 15" in result.stderr and "no model written" in result.stderr
     assert not out.exists()
+
+
+# -- recipes: precise BN, mixup/CutMix, EMA, the fine-tuning warm-up, the LR finder (issue 15) --------------
+
+def _eval_and_train_mode_accuracy(run: Path, manifest: Path, batch_size: int = 8) -> tuple[float, float]:
+    """Accuracy on the training images in eval mode, and in train mode (batch statistics of shuffled
+    training-sized batches, dropout off: how the weights were trained), averaged over 5 shuffles."""
+    from imgcls.models.io import load_model
+    from imgcls.models.preprocess import normalize
+    from imgcls.training.data import preload_images
+
+    model, info = load_model(run)
+    header, records, reader = read_all(manifest)
+    train_records = [r for r in records if r["split"] == "train"]
+    x = normalize(preload_images([Path(r["path"]) for r in train_records], info.image_size, info.channels),
+                  info.mean, info.std)
+    y = torch.tensor([info.classes.index(r["label"]) for r in train_records])
+    with torch.no_grad():
+        eval_acc = float((model(x).argmax(1) == y).float().mean())
+        model.train()
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.eval()
+        generator, correct = torch.Generator().manual_seed(0), 0
+        for _ in range(5):
+            for idx in torch.randperm(len(y), generator=generator).split(batch_size):
+                correct += int((model(x[idx]).argmax(1) == y[idx]).sum())
+    return eval_acc, correct / (5 * len(y))
+
+
+def test_train_precise_bn_eval_mode_tracks_train_mode_on_a_short_run(invoke, tmp_path):
+    """Issue 15: after 2 epochs the running statistics lag the weights; precise BN (the default) fixes that."""
+    manifest = make_manifest(tmp_path, per_class=16, val=4)
+    gaps = {}
+    for name, extra in (("lagging", ["--precise-bn", "0"]), ("precise", [])):
+        result = _train(invoke, manifest, tmp_path / name, "--epochs", "2", "--patience", "0", *extra)
+        assert result.exit_code == 0, result.stderr
+        eval_acc, train_acc = _eval_and_train_mode_accuracy(tmp_path / name, manifest)
+        gaps[name] = train_acc - eval_acc
+        assert train_acc > 0.9  # the weights did learn the training images
+    assert gaps["lagging"] > 0.3  # the failure this guards against (0.33 in eval mode vs 0.96)
+    assert abs(gaps["precise"]) <= 0.05
+    from imgcls.models.io import read_model_info
+
+    assert read_model_info(tmp_path / "precise").config["precise_bn"] == 2048
+
+
+def test_train_precise_bn_recalibrates_only_batchnorm_that_trains():
+    from imgcls.models import get_model
+    from imgcls.training.bn import recalibrate, training_batchnorms
+
+    torch.manual_seed(0)
+    model = get_model("cnn", num_classes=3, in_channels=3, dropout=0.5, width=4, depth=2)
+    model.set_trainable_blocks(1)  # block 0 frozen (eval mode), block 1 and the head train
+    model.train()
+    names = training_batchnorms(model)
+    assert names == ["backbone.1.1", "backbone.1.4"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    bn = dict(model.named_modules())["backbone.1.1"]
+    hook = bn.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach().clone()))
+    batches = [torch.randn(8, 3, 8, 8) * 3 + 1 for _ in range(3)] + [torch.randn(1, 3, 8, 8)]
+    assert recalibrate(model, names, batches, lambda m, x: m(x)) == 3  # the batch of one is skipped
+    hook.remove()
+    after = model.state_dict()
+    # the cumulative average of the batch statistics, computed by hand
+    assert torch.allclose(after["backbone.1.1.running_mean"], torch.stack([s.mean((0, 2, 3)) for s in seen]).mean(0),
+                          atol=1e-5)
+    assert torch.allclose(after["backbone.1.1.running_var"],
+                          torch.stack([s.transpose(0, 1).flatten(1).var(1) for s in seen]).mean(0), atol=1e-4)
+    frozen = [k for k in before if k.startswith("backbone.0.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert all(torch.equal(before[k], after[k]) for k in before if "num_batches_tracked" in k or "weight" in k)
+    assert model.training and not model.backbone[0].training and bn.momentum == 0.1  # modes and momentum restored
+
+
+def test_train_mixup_cutmix_ema_through_the_cli(invoke, manifest, tmp_path):
+    out = tmp_path / "run"
+    result = _train(invoke, manifest, out, "--epochs", "2", "--mixup", "0.4", "--cutmix", "1.0", "--ema", "0.9",
+                    "--label-smoothing", "0.1")
+    assert result.exit_code == 0, result.stderr
+    history = read_jsonl((out / "history.jsonl").read_text())
+    assert all({"ema_val_loss", "ema_val_acc"} <= set(h) and h["weights"] in ("ema", "live") for h in history)
+    from imgcls.models.io import read_model_info
+
+    info = read_model_info(out)
+    assert (info.config["mixup"], info.config["cutmix"], info.config["ema"]) == (0.4, 1.0, 0.9)
+    best = [h for h in history if h["epoch"] == info.extra["best_epoch"]][0]
+    assert info.extra.get("weights", "live") == best["weights"]
+    ckpt = load_file(str(out / "checkpoint.safetensors"))
+    assert "ema.n_averaged" in ckpt and int(ckpt["ema.n_averaged"]) == 2 * 3  # 21 images in batches of 8: 3 steps
+    assert set(k[len("ema.module."):] for k in ckpt if k.startswith("ema.module.")) == set(_tensors(out))
+    bad = _train(invoke, manifest, tmp_path / "bad", "--ema", "1.0")
+    assert bad.exit_code == 2 and "--ema" in bad.stderr
+    # a frozen backbone cannot serve cached features of blended images: it runs on every batch
+    frozen = _train(invoke, manifest, tmp_path / "frozen", "--epochs", "1", "--freeze", "--head", "linear",
+                    "--mixup", "0.2")
+    assert frozen.exit_code == 0, frozen.stderr
+    assert "runs on every (blended) batch" in frozen.stderr and "computed once" not in frozen.stderr
+    # a head fitted in one step (the default with --freeze) never sees blended images: a usage error
+    closed = _train(invoke, manifest, tmp_path / "closed", "--epochs", "1", "--freeze", "--mixup", "0.2")
+    assert closed.exit_code == 2 and "--head linear" in closed.stderr and not (tmp_path / "closed").exists()
+
+
+def test_train_saves_the_ema_weights_when_they_validate_better(manifest, tmp_path, monkeypatch):
+    from imgcls.training.loop import Trainer
+
+    real = Trainer.evaluate
+
+    def evaluate(self, feed, module=None):  # the average always validates better here
+        loss, acc = real(self, feed, module)
+        return (loss - 10.0 if module is not None else loss), acc
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    result = _library_train(manifest, tmp_path / "r", epochs=2, ema=0.5, patience=0)
+    history = result.fit.history
+    assert [h["weights"] for h in history] == ["ema", "ema"]
+    from imgcls.models.io import read_model_info
+
+    assert read_model_info(result.model_path).extra["weights"] == "ema"
+    saved, ckpt = _tensors(result.model_path), load_file(str(tmp_path / "r" / "checkpoint.safetensors"))
+    assert all(torch.equal(saved[k], ckpt[f"ema.module.{k}"]) for k in saved)  # the average, not the live weights
+    assert not all(torch.equal(saved[k], ckpt[f"model.{k}"]) for k in saved)
+
+
+def test_train_resume_carries_the_ema_and_mixup_draws(manifest, tmp_path, invoke):
+    options = dict(epochs=3, ema=0.9, mixup=0.4, cutmix=1.0, patience=0)
+    full = _library_train(manifest, tmp_path / "full", **options)
+
+    def interrupt(trainer, record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    cut = _library_train(manifest, tmp_path / "cut", callbacks=[interrupt], **options)
+    assert cut.interrupted
+    result = invoke(["train", "--resume", str(tmp_path / "cut"), "-o", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 0, result.stderr
+    a, b = load_file(str(tmp_path / "full" / "checkpoint.safetensors")), load_file(str(tmp_path / "cut" / "checkpoint.safetensors"))
+    ema = [k for k in a if k.startswith("ema.")]
+    assert ema and all(torch.equal(a[k], b[k]) for k in ema)  # the average went on as if never stopped
+    assert all(torch.equal(v, _tensors(tmp_path / "cut")[k]) for k, v in _tensors(full.model_path).items())
+
+
+def test_train_from_pretrained_weights_warms_the_head_up_then_unfreezes(invoke, manifest, tmp_path):
+    """train --weights without --freeze: --freeze-epochs head-only epochs, then everything with onecycle."""
+    parent = _train(invoke, manifest, tmp_path / "a", "--epochs", "1")
+    assert parent.exit_code == 0, parent.stderr
+    weights = tmp_path / "a" / "model.safetensors"
+    out = tmp_path / "b"
+    result = _train(invoke, manifest, out, "--epochs", "2", "--freeze-epochs", "2", "--patience", "0",
+                    "--weights", str(weights))
+    assert result.exit_code == 0, result.stderr
+    history = read_jsonl((out / "history.jsonl").read_text())
+    assert [(h["epoch"], h["phase"]) for h in history] == [(1, "warmup"), (2, "warmup"), (3, "train"), (4, "train")]
+    assert "fine-tuning recipe" in result.stderr and "starting point" in result.stderr
+    from imgcls.models.io import read_model_info
+
+    info = read_model_info(out)
+    assert info.config["schedule"] == "onecycle" and info.config["freeze_epochs"] == 2
+    assert (info.config["mixup"], info.config["label_smoothing"]) == (0.2, 0.1)  # the fine-tuning recipe
+    assert info.trainable_blocks is None and info.config["backbone_lr"] == pytest.approx(1e-4)
+    before, after = _tensors(weights), _tensors(out)
+    stats = [k for k in before if k.startswith("backbone.") and ("running_" in k)]
+    # pretrained BatchNorm stays in inference mode (--freeze-bn default): neither training nor precise BN touch it
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    if info.extra["best_epoch"] > 2:  # an unfrozen epoch won: the backbone moved
+        assert not torch.equal(before["backbone.0.0.weight"], after["backbone.0.0.weight"])
+    # --freeze-epochs 0: today's single phase
+    single = _train(invoke, manifest, tmp_path / "c", "--epochs", "1", "--freeze-epochs", "0", "--weights", str(weights))
+    assert single.exit_code == 0, single.stderr
+    assert [h["phase"] for h in read_jsonl((tmp_path / "c" / "history.jsonl").read_text())] == ["train"]
+
+
+def test_train_resume_in_the_warm_up_goes_on_to_unfreeze(manifest, tmp_path, invoke):
+    first = _library_train(manifest, tmp_path / "a", epochs=1)
+    options = dict(epochs=2, freeze_epochs=2, patience=0, weights=str(first.model_path), schedule="onecycle",
+                   backbone_lr=2e-4)
+    full = _library_train(manifest, tmp_path / "full", **options)
+
+    def interrupt(trainer, record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    cut = _library_train(manifest, tmp_path / "cut", callbacks=[interrupt], **options)
+    assert cut.interrupted and [h["phase"] for h in cut.fit.history] == ["warmup"]
+    result = invoke(["train", "--resume", str(tmp_path / "cut"), "--epochs", "3", "-o", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 0, result.stderr
+    history = read_jsonl((tmp_path / "cut" / "history.jsonl").read_text())
+    assert [h["phase"] for h in history] == ["warmup", "warmup", "train", "train", "train"]  # --epochs: the run's
+    assert history[1] == {**full.fit.history[1], "seconds": history[1]["seconds"]}
+
+
+def test_train_find_lr_suggests_a_rate_and_writes_nothing(invoke, manifest, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    data = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    stamps = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in data}
+    plot = tmp_path / "lr.png"
+    result = invoke(["train", str(manifest), *TINY, "--find-lr", "--find-lr-plot", str(plot)])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    lrs, losses = doc["lrs"], doc["losses"]
+    assert 2 <= len(lrs) == len(losses) <= 100 and lrs == sorted(lrs) and lrs[0] == pytest.approx(1e-7)
+    assert lrs[0] <= doc["suggested_lr"] <= lrs[-1] and doc["method"] == "valley"
+    assert set(doc["suggestions"]) == {"valley", "minimum", "steep"}
+    assert "suggested --lr" in result.stderr and plot.read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "runs").exists()  # no run folder
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in data} == stamps  # the data untouched
+    assert invoke(["train", str(manifest), *TINY, "--find-lr-plot", str(plot)]).exit_code == 2
+
+
+def test_train_find_lr_valley_is_inside_the_descent():
+    from imgcls.training.lr_find import minimum, steep, valley
+
+    lrs = [10 ** (-7 + 8 * i / 49) for i in range(50)]
+    losses = [2.0] * 10 + [2.0 - 0.1 * i for i in range(1, 16)] + [0.7 + 0.2 * i for i in range(25)]
+    lr = valley(lrs, losses)
+    assert lrs[10] < lr < lrs[24]  # on the way down, before the minimum
+    assert minimum(lrs, losses) == pytest.approx(lrs[24] / 10)  # the minimum, divided by 10
+    assert lrs[10] <= steep(lrs, losses) <= lrs[24]
+
+
+def test_train_recipe_option_defaults_come_from_the_config(invoke, manifest, tmp_path):
+    from imgcls.commands import _training
+    from imgcls.commands.train import command
+    from imgcls.training import TrainConfig
+    from imgcls.training.config import FINETUNE_RECIPE
+
+    defaults = {p.name: p.default for p in command.params}
+    config = TrainConfig()
+    for name in ("cutmix", "ema", "precise_bn", "freeze_epochs"):
+        assert defaults[name] == getattr(config, name), name
+    assert _training.FINETUNE_RECIPE == FINETUNE_RECIPE  # the torch-free copy the help texts use
+    # schedule, mixup and label smoothing depend on the run: from scratch the config's, fine-tuning the recipe's
+    assert {k: defaults[k] for k in FINETUNE_RECIPE} == {k: None for k in FINETUNE_RECIPE}
+    scratch = _train(invoke, manifest, tmp_path / "s", "--epochs", "1")
+    assert scratch.exit_code == 0, scratch.stderr
+    from imgcls.models.io import read_model_info
+
+    used = read_model_info(tmp_path / "s").config
+    assert {k: used[k] for k in FINETUNE_RECIPE} == {k: getattr(config, k) for k in FINETUNE_RECIPE}
+    tuned = _train(invoke, manifest, tmp_path / "p", "--epochs", "1", "--freeze-epochs", "1",
+                   "--weights", str(tmp_path / "s" / "model.safetensors"))
+    assert tuned.exit_code == 0, tuned.stderr
+    assert {k: read_model_info(tmp_path / "p").config[k] for k in FINETUNE_RECIPE} == FINETUNE_RECIPE

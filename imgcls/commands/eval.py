@@ -68,7 +68,13 @@ def _sanitize(obj: Any) -> Any:
                    "Default: min(4, CPU count).")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
-@click.option("--tta", is_flag=True, help="Test-time augmentation: average with a horizontally flipped view.")
+@click.option("--tta", is_flag=True,
+              help="Test-time augmentation: average the softmax over views the model was trained to see: the "
+                   "image, four small shifts (half the trained shift, or 1/32 of the side for models trained "
+                   "without shifts) and the mirror image only if the model was trained with flips (read from the "
+                   "model file; a file without that record gets no mirror). The report gives accuracy and log loss "
+                   "with and without TTA side by side (--json: .models[].tta, .comparison[].accuracy_without_tta); "
+                   "the other metrics are those of the TTA predictions. Costs one forward pass per view.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Decoded-image cache shared with train and predict (entries keyed by the ordered files as "
                    "they are now: path, size, modification and change times; the model's image size and "

@@ -24,7 +24,10 @@ from imgcls.evaluation.predicting import CACHE_MIN_IMAGES
                    '{"path", "label", "prob", "top_k": [{"label", "prob"}, ...]}; an unreadable image gives '
                    '{"path", "error", "reason"}.')
 @click.option("--table", "as_table", is_flag=True, help="A table for people even when stdout is piped.")
-@click.option("--tta", is_flag=True, help="Test-time augmentation: average with a horizontally flipped view.")
+@click.option("--tta", is_flag=True,
+              help="Test-time augmentation: average the softmax over views the model was trained to see: the "
+                   "image, four small shifts, and the mirror image only if the model was trained with flips "
+                   "(as imgcls eval --tta; stderr says which views). Costs one forward pass per view.")
 @click.option("--explain", "explain_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Write a Grad-CAM overlay per image to DIR (where the model looked for the label it gave; "
                    "brighter = more weight), named NNNNNN-<file stem>-gradcam.png by input position, and add "
@@ -112,6 +115,12 @@ def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: boo
     info(f"model: {model_path} (from {source}; {minfo.arch}{runtime}, {len(minfo.classes)} classes, "
          f"{minfo.image_size} px, {minfo.channels} ch)")
     cache = cache_for(len(paths), cache_dir, enabled=not no_cache)
+    policy = None
+    if tta:
+        from imgcls.evaluation.tta import policy_for
+
+        policy = policy_for(minfo)
+        info(f"TTA: {policy.describe()}")
     detail(f"{len(paths)} images, device {device}" + (", TTA" if tta else "")
            + (f", decoded-image cache {cache}" if cache is not None else
               ", no decoded-image cache" + (f" (fewer than {CACHE_MIN_IMAGES} images)" if not no_cache else "")))
@@ -125,7 +134,7 @@ def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: boo
 
         explainer = Explainer(net, minfo, explain_dir, device=device, batch_size=batch_size)
     with progress_bar(len(paths), "predict", min_total=batch_size + 1) as advance:
-        batches = predict_batches(net, minfo, paths, batch_size=batch_size, device=device, workers=workers, tta=tta,
+        batches = predict_batches(net, minfo, paths, batch_size=batch_size, device=device, workers=workers, tta=policy,
                                   on_batch=advance, cache_dir=cache)
         results = rows_in_order(batches, paths, minfo.classes, k)
         for row in explainer.annotate(results) if explainer else results:

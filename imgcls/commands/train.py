@@ -6,7 +6,8 @@ from __future__ import annotations
 import click
 
 from imgcls.commands._common import common_options, open_input
-from imgcls.commands._training import check_run_outputs, continue_run, check_no_terminal_stdin, emit_manifest, loop_options, parse_floats_option, report_result
+from imgcls.commands._training import (FINETUNE_RECIPE, check_run_outputs, continue_run, check_no_terminal_stdin,
+                                       emit_manifest, loop_options, parse_floats_option, report_result)
 from imgcls.models.catalog import arch_help
 from imgcls.models.heads import DEFAULT_FROZEN_HEAD, HEADS
 
@@ -143,6 +144,25 @@ def _timm_rows(pattern: str) -> list[dict]:
     return rows
 
 
+def _find_lr(header: dict, records: list, reader: object, cfg: object, plot: str | None) -> None:
+    """--find-lr: the sweep's JSON on stdout, the suggestion on stderr, the curve in ``plot``."""
+    import json
+
+    from imgcls.training import lr_find
+    from imgcls.training._console import info
+    from imgcls.training.run import find_lr
+
+    result = find_lr(header, records, reader.root, cfg, name=reader.name)  # type: ignore[attr-defined]
+    written = str(lr_find.write_plot(result, plot)) if plot else None
+    doc = result.to_json(written)
+    sugg = doc["suggestions"]
+    others = ", ".join(f"{k} {v:.2g}" for k, v in sugg.items() if k != "valley" and v is not None)
+    info(f"suggested --lr {doc['suggested_lr']:.2g} (valley; {others}); {doc['steps']} steps"
+         + (", stopped when the loss diverged" if doc["diverged"] else "")
+         + (f"; curve in {written}" if written else ""))
+    click.echo(json.dumps(doc))
+
+
 @click.command("train")
 @click.argument("manifest", default="-", metavar="[MANIFEST]")
 @click.option("-a", "--arch", default="cnn", show_default=True, metavar="NAME", help=arch_help())
@@ -205,7 +225,24 @@ def _timm_rows(pattern: str) -> list[dict]:
               help="Learning rate of a pretrained, unfrozen backbone. Default: --lr x --backbone-lr-ratio.")
 @click.option("--backbone-lr-ratio", type=click.FloatRange(min=0), default=0.1, show_default=True,
               help="Backbone rate relative to --lr when starting from pretrained weights (discriminative rates).")
+@click.option("--freeze-epochs", type=click.IntRange(min=0), default=5, show_default=True, metavar="N",
+              help="Starting from pretrained weights (--pretrained or --weights) without --freeze: first train "
+                   "the new head alone for up to N epochs on the frozen backbone (its features of the plain "
+                   "images computed once, so this costs about one backbone pass; no augmentation, mixup or EMA "
+                   "there; early stopping applies), then unfreeze every block with discriminative rates "
+                   "(--backbone-lr) and the onecycle schedule for --epochs more, starting from the warm-up's "
+                   "best weights (fastai's fine_tune). History phases: \"warmup\", then \"train\". 0: no warm-up.")
 @loop_options(inherit=False)
+@click.option("--find-lr", is_flag=True,
+              help="Run the learning-rate range test instead of training (fastai's lr_find): 100 steps with the "
+                   "rate growing from 1e-7 to 10 (every group keeping its ratio to --lr; with a warm-up, the head "
+                   "on the frozen backbone), stopping when the loss diverges. Prints the suggested --lr on "
+                   "stderr and the sweep as JSON on stdout (suggested_lr: fastai's valley; suggestions: valley, "
+                   "minimum/10, steep; lrs, losses). No run folder is created, the weights are thrown away and "
+                   "the manifest is not passed on.")
+@click.option("--find-lr-plot", type=click.Path(dir_okay=False, allow_dash=False), default=None, metavar="FILE",
+              help="With --find-lr: also draw the loss against the rate, suggestions marked, as a PNG in FILE "
+                   "(needs matplotlib: the plots extra).")
 @click.option("--resume", type=click.Path(exists=True), default=None, metavar="RUN",
               help="Continue an interrupted run (its folder, or runs/latest) from its last checkpoint, in that "
                    "folder. The configuration and data are the run's own (manifest.jsonl inside it); only "
@@ -215,8 +252,8 @@ def command(manifest: str, arch: str, list_archs: str | None, as_json: bool, ima
             channels: str | None, pretrained: bool | None, weights_name: str | None, weights: str | None,
             mean: str | None, std: str | None, freeze: bool, head: str | None,
             feature_views: int, width: int | None, depth: int | None, hidden: int | None, block_dropout: float | None, dropout: float,
-            lr: float | None, backbone_lr: float | None, backbone_lr_ratio: float, resume: str | None,
-            **loop: object) -> None:
+            lr: float | None, backbone_lr: float | None, backbone_lr_ratio: float, freeze_epochs: int,
+            find_lr: bool, find_lr_plot: str | None, resume: str | None, **loop: object) -> None:
     """Train a classifier on a manifest's train split, selecting it on the val split.
 
     Reads the manifest (from prepare) from MANIFEST or stdin and writes a run folder
@@ -258,7 +295,11 @@ def command(manifest: str, arch: str, list_archs: str | None, as_json: bool, ima
 
         output = loop.pop("output")
         out = loop.pop("out")
+        if find_lr_plot is not None and not find_lr:
+            raise UsageProblem("--find-lr-plot needs --find-lr")
         if resume is not None:
+            if find_lr:
+                raise UsageProblem("--find-lr and --resume exclude each other")
             continue_run("train", resume, manifest, output, loop)
             return
 
@@ -287,15 +328,24 @@ def command(manifest: str, arch: str, list_archs: str | None, as_json: bool, ima
             lr = 1e-3 if from_pretrained else 2e-3
         if backbone_lr is None and from_pretrained and not freeze:
             backbone_lr = lr * backbone_lr_ratio
+        fine_tuning = from_pretrained and not freeze  # the recipe of fine-tuning trained weights applies
+        for key, value in FINETUNE_RECIPE.items():
+            if loop[key] is None:
+                loop[key] = value if fine_tuning else {"schedule": "cosine"}.get(key, 0.0)
+        if (loop["mixup"] or loop["cutmix"]) and freeze and feature_views:
+            raise UsageProblem("--mixup/--cutmix blend images, not fixed feature views: drop --feature-views")
         header, records, reader = read_all(open_input(manifest))
         cfg = TrainConfig(
             arch=arch, image_size=image_size or 0, channels=int(channels) if channels else 0,
             mean=parse_floats_option(mean, "--mean") or [], std=parse_floats_option(std, "--std") or [],
             pretrained=pretrained, weights=weights, weights_name=weights_name, arch_options=options, dropout=dropout,
             trainable_blocks=0 if freeze else None, head=head, feature_views=feature_views, lr=lr,
-            backbone_lr=backbone_lr,
+            backbone_lr=backbone_lr, freeze_epochs=freeze_epochs,
             **loop,  # type: ignore[arg-type]
         )
+        if find_lr:
+            _find_lr(header, records, reader, cfg, find_lr_plot)
+            return
         result = train_run(header, records, reader.root, cfg, out=Path(out) if out else None, name=reader.name)
         report_result(result, "train")
         if is_main_rank():

@@ -29,7 +29,7 @@ from imgcls.errors import DataError, ModelError, UsageProblem
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
 SCHEMA_ID = "imgcls-eval"
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 
 @dataclass
@@ -162,8 +162,16 @@ def evaluate_model(
     paths = [selection.paths[i] for i in keep]
     model, info = backends.load(path, device, overrides)
     name = model_label(path)
+    policy = None
+    if tta:
+        from imgcls.console import info as say
+        from imgcls.evaluation.tta import policy_for
+
+        policy = policy_for(info)
+        say(f"{name}: TTA with {policy.describe()}")
 
     probs = np.empty((len(paths), len(info.classes)))
+    plain = np.empty_like(probs) if policy is not None else None
     start = time.perf_counter()
     if cache_dir is not None:
         from imgcls.cache import cached_array, decoded_key
@@ -185,19 +193,23 @@ def evaluate_model(
         decode_seconds = time.perf_counter() - start
         start = time.perf_counter()
         with progress(len(paths), f"eval {name}") as advance:
-            for batch in predict_array(model, info, images, batch_size=batch_size, device=device, tta=tta,
+            for batch in predict_array(model, info, images, batch_size=batch_size, device=device, tta=policy,
                                        on_batch=advance):
                 probs[batch.indices] = batch.probs
+                if plain is not None:
+                    plain[batch.indices] = batch.plain
     else:
         decode_seconds = None  # streamed: decoding overlaps inference and is part of `seconds`
         with progress(len(paths), f"eval {name}") as advance:
             for batch in predict_batches(model, info, paths, batch_size=batch_size, device=device, workers=workers,
-                                         tta=tta, on_batch=advance):
+                                         tta=policy, on_batch=advance):
                 if batch.errors:
                     bad = batch.errors[0]
                     raise DataError(f"{bad.path}: {bad.message} (eval needs every selected image: fix the file, "
                                     f"or drop its record from the manifest, e.g. with jq)")
                 probs[batch.indices] = batch.probs
+                if plain is not None:
+                    plain[batch.indices] = batch.plain
     seconds = time.perf_counter() - start
 
     scored = M.compute_metrics(y_true, probs, info.classes, top_k=top_k, n_bins=bins)
@@ -211,9 +223,23 @@ def evaluate_model(
         "robustness": M.robustness(records, correct),
         "speed": {"device": str(device), "seconds": seconds,
                   "images_per_second": len(paths) / seconds if seconds > 0 else None,
-                  "decode_seconds": decode_seconds, "cached": cache_dir is not None, "tta": tta},
+                  "decode_seconds": decode_seconds, "cached": cache_dir is not None, "tta": bool(tta)},
     }
+    if policy is not None and plain is not None:
+        report["tta"] = tta_comparison(policy, scored, M.compute_metrics(y_true, plain, info.classes, top_k=top_k,
+                                                                         n_bins=bins))
     return ModelEvaluation(path, name, info, report, records, paths, y_true, probs)
+
+
+TTA_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece")
+
+
+def tta_comparison(policy: Any, with_tta: dict[str, Any], without: dict[str, Any]) -> dict[str, Any]:
+    """The report's ``tta`` section: the views, and the headline metrics with and without them."""
+    pick = {k: with_tta["metrics"][k] for k in TTA_METRICS}
+    plain = {k: without["metrics"][k] for k in TTA_METRICS}
+    return {**policy.to_json(), "with": pick, "without": plain,
+            "accuracy_gain": pick["accuracy"] - plain["accuracy"]}
 
 
 def comparison_rows(evaluations: Sequence[ModelEvaluation]) -> list[dict[str, Any]]:
@@ -233,6 +259,7 @@ def comparison_rows(evaluations: Sequence[ModelEvaluation]) -> list[dict[str, An
             "log_loss": r["metrics"]["log_loss"],
             "parameters": r["model"]["parameters"],
             "images_per_second": r["speed"]["images_per_second"],
+            "accuracy_without_tta": r["tta"]["without"]["accuracy"] if "tta" in r else None,
             "per_class_f1": {c["class"]: c["f1"] for c in r["per_class"]},
         })
     return rows

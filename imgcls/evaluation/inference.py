@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,7 @@ class Batch:
     indices: list[int]
     probs: np.ndarray  # (len(indices), n_classes) float64, rows sum to 1
     errors: list[ImageError] = field(default_factory=list)
+    plain: np.ndarray | None = None  # with TTA: the probabilities of the plain image alone
 
 
 def default_workers() -> int:
@@ -145,11 +147,35 @@ def iter_decoded(
                     f.cancel()
 
 
-def _probabilities(model, info, array: np.ndarray, device: str, tta: bool) -> np.ndarray:
-    """Softmax probabilities (float64, rows summing to 1) for a uint8 N x H x W x C batch."""
+def _simplex(p) -> np.ndarray:
+    probs = p.double().cpu().numpy()
+    probs /= probs.sum(axis=1, keepdims=True)  # an exact simplex for log loss
+    return probs
+
+
+def tta_policy(info, tta: Any):
+    """``tta``: False/None (off), True (the model's own views, :mod:`imgcls.evaluation.tta`) or a TTAPolicy."""
+    if not tta:
+        return None
+    if tta is True:
+        from imgcls.evaluation.tta import policy_for
+
+        return policy_for(info)
+    return tta
+
+
+def _probabilities(model, info, array: np.ndarray, device: str, tta: Any = False) -> np.ndarray:
+    """Softmax probabilities (float64, rows summing to 1) for a uint8 N x H x W x C batch (``tta``: as
+    :func:`tta_policy` takes it)."""
+    return _probabilities_and_plain(model, info, array, device, tta_policy(info, tta))[0]
+
+
+def _probabilities_and_plain(model, info, array: np.ndarray, device: str,
+                             policy) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_probabilities`, and with a TTA ``policy`` (the mean over its views) the plain image's beside it."""
     runner = getattr(model, "imgcls_probabilities", None)
     if runner is not None:  # an exported model (imgcls.evaluation.onnx_backend): numpy in, numpy out, no torch
-        return runner(array, tta)
+        return runner(array, policy is not None), None  # (TTA is refused for those up front)
     import torch
 
     from imgcls.models.preprocess import normalize
@@ -161,11 +187,15 @@ def _probabilities(model, info, array: np.ndarray, device: str, tta: bool) -> np
         x = x.pin_memory().to(device, non_blocking=True)  # uint8 over the bus: 4x less than float
     x = normalize(x, info.mean, info.std)
     p = torch.softmax(model(x).float(), dim=1)
-    if tta:
-        p = (p + torch.softmax(model(torch.flip(x, dims=[3])).float(), dim=1)) / 2
-    probs = p.double().cpu().numpy()
-    probs /= probs.sum(axis=1, keepdims=True)  # an exact simplex for log loss
-    return probs
+    if policy is None:
+        return _simplex(p), None
+    from imgcls.evaluation.tta import apply_view
+
+    total = torch.zeros_like(p)
+    for view in policy.views:
+        plain_view = not (view.dx or view.dy or view.mirror)
+        total += p if plain_view else torch.softmax(model(apply_view(x, view)).float(), dim=1)
+    return _simplex(total / len(policy.views)), _simplex(p)
 
 
 def _inference_mode(model):
@@ -187,7 +217,7 @@ def predict_batches(
     batch_size: int = 64,
     device: str = "cpu",
     workers: int | None = None,
-    tta: bool = False,
+    tta: Any = False,
     on_batch: Callable[[int], None] | None = None,
     cache_dir: Path | None = None,
 ) -> Iterator[Batch]:
@@ -195,7 +225,9 @@ def predict_batches(
 
     ``model`` must already be on ``device`` and in eval mode (as ``load_model`` returns
     it); ``info`` is its :class:`~imgcls.models.io.ModelInfo` (size, channels,
-    mean/std). ``tta`` averages the softmax of the image and its horizontal mirror.
+    mean/std). ``tta``: True averages the softmax over the model's test-time views
+    (:func:`imgcls.evaluation.tta.policy_for`: a mirror only if it trained with flips),
+    or a given policy; each Batch then also carries the plain image's probabilities.
     ``on_batch(n)`` is called after each batch with the number of images handled.
 
     With ``cache_dir`` the decoded images come from the decoded-image cache shared with
@@ -210,6 +242,7 @@ def predict_batches(
         raise UsageProblem("--batch-size must be at least 1")
     workers = default_workers() if workers is None else workers
     n_classes = len(info.classes)
+    policy = tta_policy(info, tta)
     writer = None
     if cache_dir is not None and paths:
         from imgcls.cache import EntryWriter, decoded_key, load_entry
@@ -220,7 +253,7 @@ def predict_batches(
         hit = load_entry(folder, key)
         if hit is not None:
             detail(f"decoded cache hit: {folder / key}.npy ({len(paths)} images, nothing to decode)")
-            yield from predict_array(model, info, hit, batch_size=batch_size, device=device, tta=tta,
+            yield from predict_array(model, info, hit, batch_size=batch_size, device=device, tta=policy,
                                      on_batch=on_batch)
             return
         try:
@@ -233,10 +266,13 @@ def predict_batches(
             for indices, array, errors in iter_decoded(paths, info.image_size, info.channels, batch_size, workers):
                 if writer is not None:
                     writer = _append_or_drop(writer, array if not errors else None)
-                probs = np.zeros((0, n_classes)) if array is None else _probabilities(model, info, array, device, tta)
+                probs, plain = ((np.zeros((0, n_classes)), None) if array is None
+                                else _probabilities_and_plain(model, info, array, device, policy))
+                if plain is None and policy is not None:
+                    plain = probs
                 if on_batch is not None:
                     on_batch(len(indices) + len(errors))
-                yield Batch(indices, probs, errors)
+                yield Batch(indices, probs, errors, plain)
         if writer is not None:
             _publish(writer)
     finally:
@@ -278,19 +314,20 @@ def predict_array(
     *,
     batch_size: int = 64,
     device: str = "cpu",
-    tta: bool = False,
+    tta: Any = False,
     on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[Batch]:
     """Like :func:`predict_batches` for images already decoded (a uint8 N x H x W x C array or memmap)."""
     if batch_size < 1:
         raise UsageProblem("--batch-size must be at least 1")
+    policy = tta_policy(info, tta)
     with _inference_mode(model):
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            probs = _probabilities(model, info, chunk, device, tta)
+            probs, plain = _probabilities_and_plain(model, info, chunk, device, policy)
             if on_batch is not None:
                 on_batch(len(chunk))
-            yield Batch(list(range(start, start + len(chunk))), probs)
+            yield Batch(list(range(start, start + len(chunk))), probs, plain=plain)
 
 
 def decode_all(

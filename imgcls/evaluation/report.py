@@ -41,6 +41,13 @@ def summary_table(report: dict[str, Any], document: dict[str, Any]):
         images += f", {report['unknown']['count']} with unknown labels left out"
     table.add_row("images", images)
     table.add_row("accuracy", styled(_pct(m['accuracy']), _score_style(m['accuracy'])))
+    tta = report.get("tta")
+    if tta:
+        without, gain = tta["without"], tta["accuracy_gain"]
+        table.add_row("TTA", f"{len(tta['views'])} views ({', '.join(tta['views'])}); {tta['reason']}")
+        table.add_row("accuracy: TTA / plain", f"{_pct(m['accuracy'])} / {_pct(without['accuracy'])} "
+                                               f"({100 * gain:+.1f} points); log loss {_num(m['log_loss'])} / "
+                                               f"{_num(without['log_loss'])}")
     table.add_row("balanced accuracy", _pct(m["balanced_accuracy"]))
     table.add_row(f"top-{m['top_k']} accuracy", _pct(m["top_k_accuracy"]))
     table.add_row("macro F1 / weighted F1", f"{_num(m['macro_f1'])} / {_num(m['weighted_f1'])}")
@@ -175,6 +182,8 @@ def comparison_table(document: dict[str, Any]):
     line("images", [str(r["n_images"]) for r in rows])
     line("accuracy", [styled(_pct(r['accuracy']), "bold green") if (r["accuracy"] or 0) == best_acc
                       else _pct(r["accuracy"]) for r in rows])
+    if any(r.get("accuracy_without_tta") is not None for r in rows):
+        line("accuracy without TTA", [_pct(r.get("accuracy_without_tta")) for r in rows])
     line("balanced accuracy", [_pct(r["balanced_accuracy"]) for r in rows])
     line("macro F1", [_num(r["macro_f1"]) for r in rows])
     line("ECE", [_num(r["ece"]) for r in rows])

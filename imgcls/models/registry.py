@@ -37,6 +37,7 @@ class ArchSpec:
 
 _REGISTRY: dict[str, ArchSpec] = {}
 _RESOLVERS: list[Callable[[str], ArchSpec | None]] = []
+_RESOLVED: dict[str, ArchSpec] = {}  # names a resolver answered (timm/<name>): kept, but not listed
 _loaded = False
 
 
@@ -93,14 +94,13 @@ def list_models() -> list[str]:
 
 def get_spec(name: str) -> ArchSpec:
     _load_builtin()
-    spec = _REGISTRY.get(name)
+    spec = _REGISTRY.get(name) or _RESOLVED.get(name)
     if spec is not None:
         return spec
     for resolver in _RESOLVERS:
         spec = resolver(name)
         if spec is not None:
-            _REGISTRY.setdefault(name, spec)
-            return _REGISTRY[name]
+            return _RESOLVED.setdefault(name, spec)
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
     hint = (f"; did you mean {' or '.join(close)}?" if close
             else "; imgcls train --list-archs shows them all (timm models: timm/<name>)")

@@ -117,3 +117,19 @@ def random_affine(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator
     if not spec.geometric:
         return x
     return apply_affine(x, affine_theta(x.shape[0], spec, generator))
+
+
+def augmentation_record(name: str, flip: bool, prior: dict | None = None) -> dict:
+    """What the model saw in training, for its metadata (``extra["augmentation"]``; TTA reads it).
+
+    The resolved geometry of the preset (so the record survives a change of the preset
+    definitions), merged with ``prior``'s (the parent model a fine-tune started from): a
+    model fine-tuned without flips still saw flipped images in its first phase.
+    """
+    spec = preset(name, flip)
+    record = {"preset": name, "flip": spec.flip, "shift": spec.shift, "rotation": spec.rotation, "zoom": spec.zoom}
+    if prior:
+        record["flip"] = bool(record["flip"] or prior.get("flip"))
+        for key in ("shift", "rotation", "zoom"):
+            record[key] = max(float(record[key]), float(prior.get(key) or 0.0))
+    return record

@@ -121,11 +121,13 @@ def restore_training_state(trainer: Any, ckpt: Checkpoint, best_state: dict[str,
 
 def checkpoint_payload(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
                        generator: torch.Generator, state: dict[str, Any],
-                       copy: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+                       copy: bool = False, extra: dict[str, torch.Tensor] | None = None,
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The checkpoint's tensors and metadata as they are now.
 
     ``copy``: tensors are cloned and the metadata serialised, so the payload stays the state
     of this moment while training goes on (a checkpoint written later, see ``--save-interval``).
+    ``extra``: more tensors, under names of their own (``ema.*``: the weights' moving average).
     """
 
     def own(t: torch.Tensor) -> torch.Tensor:
@@ -135,6 +137,7 @@ def checkpoint_payload(*, model: torch.nn.Module, optimizer: torch.optim.Optimiz
     tensors = {f"model.{k}": own(v) for k, v in model.state_dict().items()}
     opt_tensors, opt_meta = optimizer_to_flat(optimizer)
     tensors.update({k: own(v) for k, v in opt_tensors.items()})
+    tensors.update({k: own(v) for k, v in (extra or {}).items()})
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.data"] = generator.get_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -6,9 +6,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "plateau", "none")
+SCHEDULES = ("cosine", "onecycle", "plateau", "none")
 CLASS_WEIGHTS = ("none", "auto")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# Fine-tuning trained weights (finetune; train from pretrained weights without --freeze): these settings
+# unless given, whatever the parent used. Chosen by the recipes study (docs/benchmarks.md).
+FINETUNE_RECIPE = {"schedule": "onecycle", "mixup": 0.2, "label_smoothing": 0.1}
 
 
 @dataclass
@@ -40,6 +43,11 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: str = "cosine"
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # Beta(alpha, alpha) mixup of training batches (0: off)
+    cutmix: float = 0.0  # Beta(alpha, alpha) CutMix of training batches (0: off)
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off)
+    precise_bn: int = 2048  # training images BatchNorm statistics are recomputed on before each validation (0: off)
+    freeze_epochs: int = 5  # from pretrained weights without --freeze: head-only epochs before unfreezing
     class_weights: str = "none"
     patience: int = 5
     augment: str = "none"

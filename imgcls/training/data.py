@@ -333,7 +333,7 @@ class Feeder:
         self.augment = augment if augment is not None and augment.active else None
         self.channels_last = channels_last
         self.loader_settings: LoaderSettings | None = None
-        self._loader: Any = None
+        self._loaders: dict[str | None, Any] = {}
         self._pass_batches = _PassBatches()
         if self.uses_loader:
             # ``workers``: a number, or "auto"; ``passes``: how often batches() will be called, when known
@@ -363,9 +363,10 @@ class Feeder:
             chunks.pop()
         return chunks
 
-    def _uint8_batches(self, order: torch.Tensor, drop_single: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _uint8_batches(self, order: torch.Tensor, drop_single: bool,
+                       augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         chunks = self._index_batches(order, drop_single)
-        policy = self.augment.policy if self.augment is not None else None
+        policy = self.augment.policy if self.augment is not None and augment else None
         if self.data.preloaded and policy is None:
             for idx in chunks:
                 yield self.data.images[idx], self.data.labels[idx]
@@ -385,20 +386,20 @@ class Feeder:
             raise DataError(last.split(": ", 1)[1] if last.startswith("imgcls.errors.") else last) from None
 
     def _dataloader(self, policy: str | None) -> Any:
-        """One DataLoader for the Feeder's life, so persistent workers survive from pass to pass."""
-        if self._loader is None:
+        """One DataLoader (per policy: on or off) for the Feeder's life, so persistent workers survive from pass to pass."""
+        if policy not in self._loaders:
             settings = self.loader_settings or choose_loader_settings(0, 1, self.device.type)
             extra: dict[str, Any] = {}
             if settings.workers > 0:
                 extra = {"persistent_workers": settings.persistent_workers, "prefetch_factor": settings.prefetch_factor}
-            self._loader = torch.utils.data.DataLoader(
+            self._loaders[policy] = torch.utils.data.DataLoader(
                 _ItemDataset(self.data, policy), batch_sampler=self._pass_batches, num_workers=settings.workers,
                 pin_memory=settings.pin_memory,
                 # its own generator: the workers' base seed is not drawn from the global RNG, so a
                 # lazily decoded data set trains exactly as a preloaded one
                 generator=torch.Generator().manual_seed(0), **extra,
             )
-        return self._loader
+        return self._loaders[policy]
 
     def batches(self, order: torch.Tensor | None = None, train: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Normalised (and, when ``train``, augmented) batches in ``order`` (default: file order)."""
@@ -407,7 +408,7 @@ class Feeder:
         if order is None:
             order = torch.arange(len(self.data))
         non_blocking = self.device.type == "cuda"
-        for images, labels in self._uint8_batches(order, drop_single=train):
+        for images, labels in self._uint8_batches(order, drop_single=train, augment=train):
             x = normalize(images.to(self.device, non_blocking=non_blocking), self.mean, self.std)
             if train and self.augment is not None:
                 x = random_affine(x, self.augment)

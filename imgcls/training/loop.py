@@ -30,7 +30,10 @@ from torch import nn
 from imgcls.errors import ImgclsError, UsageProblem
 from imgcls.training import distributed
 from imgcls.training._console import detail, info
+from imgcls.training.bn import recalibrate_on, training_batchnorms
 from imgcls.training.config import TrainConfig
+from imgcls.training.ema import build_ema
+from imgcls.training.mix import build_mixer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,13 +116,33 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     raise UsageProblem(f"unknown optimizer {cfg.optimizer!r}")
 
 
+ONECYCLE_PCT_START = 0.3  # fastai's fine_tune: 30 % of the steps warm up ...
+ONECYCLE_DIV = 5.0  # ... from 1/5 of the peak rate (fastai fine_tune's div) ...
+ONECYCLE_FINAL_DIV = 1e4  # ... then a cosine down to 1/(5 x 10^4) of it
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """cosine: per batch from the initial rate to 0 over ``epochs``; plateau: x0.2 after 2 flat epochs."""
+    """cosine: per batch from the initial rate to 0 over ``epochs``; onecycle: warm-up then cosine
+    (torch's OneCycleLR, momentum cycled too); plateau: x0.2 after 2 flat epochs."""
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs * steps_per_epoch))
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(2, cfg.epochs * steps_per_epoch),
+            pct_start=ONECYCLE_PCT_START, anneal_strategy="cos", div_factor=ONECYCLE_DIV,
+            final_div_factor=ONECYCLE_FINAL_DIV, cycle_momentum=True)
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.2, patience=2)
     return None
+
+
+def stretch_onecycle(sched: torch.optim.lr_scheduler.OneCycleLR, total_steps: int) -> None:
+    """--epochs changed on resume: the same warm-up fraction and cosine over the new number of steps."""
+    sched.total_steps = total_steps
+    phases = sched._schedule_phases
+    phases[0]["end_step"] = float(ONECYCLE_PCT_START * total_steps) - 1
+    phases[-1]["end_step"] = total_steps - 1
+    sched.last_epoch = min(sched.last_epoch, total_steps)
 
 
 def compiled_forward(module: nn.Module) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
@@ -145,6 +168,14 @@ def compiled_forward(module: nn.Module) -> Callable[[nn.Module, torch.Tensor], t
                               f"run without --compile") from exc
 
     return forward
+
+
+def _num_classes(model: nn.Module) -> int:
+    """Outputs of the model's head (its last layer with ``out_features``)."""
+    for module in reversed(list(model.head.modules())):
+        if hasattr(module, "out_features"):
+            return int(module.out_features)
+    raise UsageProblem("--mixup/--cutmix: cannot tell the number of classes from this model's head")
 
 
 def count_batches(n: int, batch_size: int, drop_single: bool = True) -> int:
@@ -209,9 +240,17 @@ class Trainer:
         else:
             self.steps_per_epoch = train_feed.num_batches(drop_single=True)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        # early stopping waits for the peak of a warm-up: the rising rate may raise the loss first
+        self.patience_from = math.ceil(ONECYCLE_PCT_START * cfg.epochs) if cfg.schedule == "onecycle" else 0
         self.generator = torch.Generator().manual_seed(cfg.seed)
         weight = class_weights.to(device) if class_weights is not None else None
         self.train_loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        # the mixer and the EMA, the precise-BN pass and validation of the EMA use an eager
+        # forward that honours its module argument (a compiled forward runs the model it compiled)
+        self.module_forward = forward or (lambda m, x: m(x))
+        self.mixer = build_mixer(cfg.mixup, cfg.cutmix, _num_classes(model)) if (cfg.mixup or cfg.cutmix) else None
+        self.ema = build_ema(model, cfg.ema) if cfg.ema > 0 else None
+        self.bn_layers: list[str] | None = None  # BatchNorm layers that train (found at the first epoch)
         self.val_loss_fn = nn.CrossEntropyLoss(reduction="sum")  # plain NLL: comparable across runs
         self.epoch_offset = epoch_offset
         self.state = TrainerState(history=list(history))
@@ -261,9 +300,40 @@ class Trainer:
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
 
-    def train_epoch(self, advance: Callable[[float], None]) -> tuple[float, float]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimizer step on a batch (mixup/CutMix, loss, backward, step, EMA update).
+
+        Returns (loss, logits, hard labels) for the statistics. The scheduler is the caller's.
+        """
         model, opt, precision = self.model, self.optimizer, self.precision
+        target = y
+        if self.mixer is not None:
+            x, target = self.mixer(x, y)
+            y = target.argmax(1)  # the dominant label, for the training accuracy
+        with precision.autocast():
+            logits = self.train_forward(model, x)
+        loss = self.train_loss_fn(logits.float(), target)
+        opt.zero_grad(set_to_none=True)
+        precision.scaler.scale(loss).backward()
+        precision.scaler.step(opt)
+        precision.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(model)
+        return loss, logits, y
+
+    def step_scheduler(self) -> None:
+        sched = self.scheduler
+        if sched is None or isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            return
+        if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and sched.last_epoch >= sched.total_steps - 1:
+            return  # its last step is the last batch's rate; past it OneCycleLR extrapolates, then refuses
+        sched.step()
+
+    def train_epoch(self, advance: Callable[[float], None]) -> tuple[float, float]:
+        model = self.model
         self.set_train_mode()
+        if self.bn_layers is None:
+            self.bn_layers = training_batchnorms(model)
         distributed.debug_fail_point()
         # The same permutation on every rank (one seeded generator), then this rank's shard of it.
         order = distributed.shard(torch.randperm(len(self.train_feed), generator=self.generator))
@@ -271,17 +341,9 @@ class Trainer:
             self.seen.append(order.tolist())
         self._seed_epoch(self.epoch_offset + self.state.epoch + 1)
         total_loss = correct = count = 0.0
-        per_step = self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         for x, y in self.train_feed.batches(order, train=True):
-            with precision.autocast():
-                logits = self.train_forward(model, x)
-            loss = self.train_loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            precision.scaler.scale(loss).backward()
-            precision.scaler.step(opt)
-            precision.scaler.update()
-            if per_step:
-                self.scheduler.step()
+            loss, logits, y = self.train_step(x, y)
+            self.step_scheduler()
             n = y.shape[0]
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -292,12 +354,25 @@ class Trainer:
             count += n
             advance(value)
         distributed.sync_buffers(model)
+        self.calibrate_bn()
         total_loss, correct, count = self._reduce([total_loss, correct, count])
         return total_loss / max(count, 1), correct / max(count, 1)
 
+    def calibrate_bn(self) -> None:
+        """Precise BN (see :mod:`imgcls.training.bn`) for the live weights and the EMA, before validation."""
+        if not self.bn_layers or self.cfg.precise_bn <= 0:
+            return
+        seed = self.cfg.seed * 1_000_003 + self.epoch_offset + self.state.epoch + 1
+        modules = [self.model] + ([self.ema.module] if self.ema is not None else [])
+        for module in modules:
+            recalibrate_on(module, self.bn_layers, self.train_feed, self.cfg.precise_bn, seed, self.module_forward,
+                           self.precision.autocast)
+
     @torch.no_grad()
-    def evaluate(self, feed: Any) -> tuple[float, float]:
-        model = self.model
+    def evaluate(self, feed: Any, module: nn.Module | None = None) -> tuple[float, float]:
+        """Validation loss and accuracy of the model (or of ``module``, the EMA), in eval mode."""
+        model = self.model if module is None else module
+        forward = self.forward if module is None else self.module_forward
         was_training = model.training
         model.eval()
         total_loss = correct = count = 0.0
@@ -308,7 +383,7 @@ class Trainer:
                 if y.shape[0] == 0:
                     continue
                 with self.precision.autocast():
-                    logits = self.forward(model, x)
+                    logits = forward(model, x)
                 total_loss += float(self.val_loss_fn(logits.float(), y))
                 correct += float((logits.argmax(1) == y).sum())
                 count += y.shape[0]
@@ -320,8 +395,9 @@ class Trainer:
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def snapshot(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
+    def snapshot(self, module: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        module = self.model if module is None else module
+        return {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
 
     # -- the loop ---------------------------------------------------------------------
     def fit(self) -> FitResult:
@@ -347,12 +423,17 @@ class Trainer:
                 val_loss, val_acc = self.evaluate(self.val_feed)
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step(val_loss)
-                improved = val_loss < st.best_val_loss
+                score, weights = val_loss, "live"
+                if self.ema is not None:
+                    ema_loss, ema_acc = self.evaluate(self.val_feed, self.ema.module)
+                    if ema_loss < val_loss:
+                        score, weights = ema_loss, "ema"
+                improved = score < st.best_val_loss
                 st.epoch += 1
                 if improved:
-                    st.best_val_loss, st.best_epoch, st.bad_epochs = val_loss, epoch_no, 0
-                    self.best_state = self.snapshot()
-                else:
+                    st.best_val_loss, st.best_epoch, st.bad_epochs = score, epoch_no, 0
+                    self.best_state = self.snapshot(self.ema.module if weights == "ema" else None)
+                elif st.epoch > self.patience_from:
                     st.bad_epochs += 1
                 record = {
                     "epoch": epoch_no, "phase": cfg.phase,
@@ -361,6 +442,9 @@ class Trainer:
                     "val_acc": round(val_acc, 6), "lr": self.current_lr(),
                     "seconds": round(time.perf_counter() - t0, 3), "best": improved,
                 }
+                if self.ema is not None:
+                    record.update(ema_val_loss=round(ema_loss, 6) if math.isfinite(ema_loss) else None,
+                                  ema_val_acc=round(ema_acc, 6), weights=weights)
                 memory = self._memory_mib()
                 if memory is not None:
                     record["max_memory_mib"] = memory
@@ -405,8 +489,24 @@ class Trainer:
         self.model.load_state_dict(ckpt.model_state())
         self.optimizer.load_state_dict(ckpt.optimizer_state())
         meta = ckpt.meta
+        if self.ema is not None:
+            from imgcls.training.ema import load_ema_state
+
+            state = {k[len("ema."):]: v for k, v in ckpt.tensors.items() if k.startswith("ema.")}
+            if state:
+                try:
+                    load_ema_state(self.ema, state)
+                except (RuntimeError, KeyError, ValueError) as exc:
+                    from imgcls.errors import ModelError
+
+                    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+                    raise ModelError(f"{ckpt.path}: checkpoint tensors \"ema.*\" do not fit the model ({first})") from None
+            else:  # a checkpoint written without --ema: the average starts from the current weights
+                self.ema.module.load_state_dict(self.model.state_dict())
         if self.scheduler is not None and meta.get("scheduler"):
             self.scheduler.load_state_dict(meta["scheduler"])
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+                stretch_onecycle(self.scheduler, max(2, self.cfg.epochs * self.steps_per_epoch))
             if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
                 # --epochs may have grown on resume: stretch the cosine to the new end, and put
                 # the rates back on the (closed-form) curve: the scheduler's recursive update

@@ -26,7 +26,7 @@ from imgcls.errors import DataError, UsageProblem
 from imgcls.manifest import Header, Record, manifest_hash
 from imgcls.training import distributed
 from imgcls.training._console import detail, info, warn
-from imgcls.training.config import TrainConfig
+from imgcls.training.config import FINETUNE_RECIPE, TrainConfig
 from imgcls.training.data import (Feeder, FeatureFeeder, ImageSet, Splits, extract_features, infer_geometry,
                                   split_records)
 from imgcls.training.loop import FitResult, Trainer, resolve_device
@@ -89,16 +89,21 @@ def resolve_geometry(cfg: TrainConfig, spec: Any, train: Sequence[Record], root:
     return int(size), int(channels)
 
 
-def model_info(cfg: TrainConfig, classes: Sequence[str], mhash: str, extra: dict[str, Any] | None = None):
+def model_info(cfg: TrainConfig, classes: Sequence[str], mhash: str, extra: dict[str, Any] | None = None,
+               prior_augmentation: dict[str, Any] | None = None):
     from imgcls import __version__
     from imgcls.models.io import ModelInfo
+    from imgcls.training.augment import augmentation_record
 
+    extra = dict(extra or {})
+    # what the model was trained to see (test-time augmentation picks its views from it)
+    extra.setdefault("augmentation", augmentation_record(cfg.augment, cfg.flip, prior_augmentation))
     return ModelInfo(
         arch=cfg.arch, classes=list(classes), image_size=cfg.image_size, channels=cfg.channels,
         mean=list(cfg.mean), std=list(cfg.std), arch_options=dict(cfg.arch_options), dropout=cfg.dropout,
         trainable_blocks=cfg.trainable_blocks, imgcls_version=__version__,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), config=cfg.to_dict(), manifest_hash=mhash,
-        parent=cfg.parent, head=cfg.head or "linear", head_norm=cfg.head_norm, extra=dict(extra or {}),
+        parent=cfg.parent, head=cfg.head or "linear", head_norm=cfg.head_norm, extra=extra,
     )
 
 
@@ -151,8 +156,11 @@ class Session:
 
     def __init__(self, model: Any, cfg: TrainConfig, classes: Sequence[str], splits: Splits, root: Path,
                  mhash: str, *, epoch_offset: int = 0, history: Sequence[dict] = (), baseline: bool = False,
-                 baseline_epoch: int | None = None, callbacks: Sequence[Callable[..., None]] = ()):
+                 baseline_epoch: int | None = None, callbacks: Sequence[Callable[..., None]] = (),
+                 run_config: TrainConfig | None = None, prior_augmentation: dict[str, Any] | None = None):
         self.model = model
+        self.run_config = run_config  # the whole run's configuration when this session is its frozen warm-up
+        self.prior_augmentation = prior_augmentation  # the parent model's (finetune)
         self.cfg = cfg
         self.classes = list(classes)
         self.splits = splits
@@ -249,6 +257,13 @@ class Session:
             return None
         if closed and augment.active and not cfg.feature_views:
             raise UsageProblem(closed_form_augment_message(cfg))
+        if cfg.mixup or cfg.cutmix:  # blended images have features of their own
+            if closed:
+                raise UsageProblem(f"--head {cfg.head} is fitted once on the images' own features: --mixup and "
+                                   f"--cutmix do not apply (use --head linear to train on blended batches)")
+            if self.is_main:
+                info("frozen backbone with --mixup/--cutmix: the backbone runs on every (blended) batch")
+            return None
         if not augment.active:
             if cfg.feature_views:
                 detail(f"--feature-views {cfg.feature_views}: no augmentation, so the one plain view is used")
@@ -427,6 +442,8 @@ class Session:
     def _on_best(self, model: Any, state: Any) -> None:
         """A better epoch: its weights are the trainer's ``best_state``; the file follows at the next write."""
         self._pending_model = {"best_epoch": state.best_epoch}
+        if state.history and state.history[-1].get("weights") == "ema":
+            self._pending_model["weights"] = "ema"
 
     def _after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
         """History every epoch; best model and checkpoint now when due, else kept in memory until they are.
@@ -452,8 +469,16 @@ class Session:
         trainer = self.trainer
         state = trainer.checkpoint_state()
         state.update(classes=self.classes, manifest_hash=self.mhash)
+        if self.run_config is not None:
+            state["run_config"] = self.run_config.to_dict()
+        extra = None
+        if trainer.ema is not None:
+            from imgcls.training.ema import ema_state
+
+            extra = {f"ema.{k}": v for k, v in ema_state(trainer.ema).items()}
         return checkpoint_payload(model=trainer.model, optimizer=trainer.optimizer, scheduler=trainer.scheduler,
-                                  scaler=trainer.precision.scaler, generator=trainer.generator, state=state, copy=copy)
+                                  scaler=trainer.precision.scaler, generator=trainer.generator, state=state, copy=copy,
+                                  extra=extra)
 
     def _flush(self, model: bool = True) -> None:
         """Write the pending best model (unless ``model`` is False: a final one follows), then the checkpoint."""
@@ -473,7 +498,8 @@ class Session:
 
         assert self.run is not None
         source = self.model if state is None else _Snapshot(state, self.model)
-        return save_model(self.run.model_path, source, model_info(self.cfg, self.classes, self.mhash, extra))
+        return save_model(self.run.model_path, source,
+                          model_info(self.cfg, self.classes, self.mhash, extra, self.prior_augmentation))
 
     def _fit(self) -> FitResult:
         """The trainer's fit; SIGTERM (a scheduler, ``timeout``) stops it like Ctrl-C in a single process."""
@@ -528,6 +554,9 @@ class Session:
             best = [h for h in result.history if h["epoch"] == result.best_epoch]
             if best:
                 extra["val_acc"] = best[-1]["val_acc"]
+                if best[-1].get("weights") == "ema":  # the moving average validated better than the live weights
+                    extra["val_acc"] = best[-1]["ema_val_acc"]
+                    extra["weights"] = "ema"
             self.save_model(extra=extra)
         # The model before the checkpoint: a checkpoint saying "done" never sits beside an older model.
         self._flush(model=not final)
@@ -720,9 +749,9 @@ def _create_run(out: Path | str | None, name: str, header: Header, records: Sequ
 
 # -- train ----------------------------------------------------------------------------------
 
-def train(header: Header, records: Sequence[Record], root: Path, cfg: TrainConfig, *, out: Path | str | None = None,
-          callbacks: Sequence[Callable[..., None]] = (), name: str = "manifest") -> RunResult:
-    """Train ``cfg.arch`` on the manifest's train split, selecting on its val split."""
+def build_training(header: Header, records: Sequence[Record], root: Path, cfg: TrainConfig,
+                   name: str = "manifest") -> tuple[TrainConfig, Any, list[str], Splits]:
+    """The resolved configuration, the model (with its starting weights), the classes and the splits of a train run."""
     from imgcls.models.registry import get_model, get_spec
     from imgcls.models.weights import SCRATCH_MEAN, SCRATCH_STD, load_backbone_state, resolve_pretrained
 
@@ -791,14 +820,90 @@ def train(header: Header, records: Sequence[Record], root: Path, cfg: TrainConfi
     _check_blocks(model, cfg.trainable_blocks, "--unfreeze")
     if cfg.trainable_blocks is not None:
         model.set_trainable_blocks(cfg.trainable_blocks)
+    return cfg, model, classes, splits
 
+
+def train(header: Header, records: Sequence[Record], root: Path, cfg: TrainConfig, *, out: Path | str | None = None,
+          callbacks: Sequence[Callable[..., None]] = (), name: str = "manifest") -> RunResult:
+    """Train ``cfg.arch`` on the manifest's train split, selecting on its val split."""
+    cfg, model, classes, splits = build_training(header, records, root, cfg, name)
     mhash = manifest_hash(header, records)
-    session = Session(model, cfg, classes, splits, root, mhash, callbacks=callbacks)
+    if warms_up(cfg):
+        # fastai's fine_tune: the new head first learns on the frozen backbone, then everything trains
+        model.set_trainable_blocks(0)
+        session = Session(model, warmup_config(cfg), classes, splits, root, mhash, callbacks=callbacks, run_config=cfg)
+    else:
+        session = Session(model, cfg, classes, splits, root, mhash, callbacks=callbacks)
     session.prepare()
     run = _create_run(out, cfg.arch, header, records, root)
     session.start(run)
     info(f"run folder: {run.path}")
+    if warms_up(cfg):
+        info(f"fine-tuning recipe: {cfg.freeze_epochs} head-only epochs on the frozen backbone (--freeze-epochs), "
+             f"then every block trains ({cfg.schedule} schedule, head lr {cfg.lr:g}, backbone lr "
+             f"{cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr:g})")
+    result = session.finish()
+    if session.run_config is None or result.interrupted or result.model_path is None:
+        return result
+    return _unfrozen_phase(model, cfg, classes, splits, root, mhash, run, result, callbacks)
+
+
+def warms_up(cfg: TrainConfig) -> bool:
+    """Training starts from trained weights with a new head and an unfrozen backbone: warm the head up first."""
+    return cfg.pretrained and cfg.trainable_blocks != 0 and cfg.freeze_epochs > 0 and cfg.phase == "train"
+
+
+def warmup_config(cfg: TrainConfig) -> TrainConfig:
+    """The frozen warm-up of ``cfg``: the head alone, on the plain images' cached features.
+
+    No augmentation, mixup or EMA there (they would make the backbone run on every batch,
+    and the head only needs a sensible start); a cosine over ``freeze_epochs``.
+    """
+    return replace(cfg, phase="warmup", trainable_blocks=0, epochs=cfg.freeze_epochs, schedule="cosine",
+                   backbone_lr=None, augment="none", feature_views=0, mixup=0.0, cutmix=0.0, ema=0.0)
+
+
+def _unfrozen_phase(model: Any, cfg: TrainConfig, classes: Sequence[str], splits: Splits, root: Path, mhash: str,
+                    run: RunDir, warm: RunResult, callbacks: Sequence[Callable[..., None]]) -> RunResult:
+    """After the warm-up, in the same run folder: every block trains, starting from the warm-up's best weights."""
+    model.set_trainable_blocks(cfg.trainable_blocks)
+    offset = max((int(h["epoch"]) for h in warm.fit.history), default=0)
+    session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, history=warm.fit.history,
+                      baseline=True, baseline_epoch=warm.fit.best_epoch, callbacks=callbacks)
+    session.prepare()
+    session.start(run)
+    info(f"warm-up done (best epoch {warm.fit.best_epoch}); unfreezing: every block trains from here")
     return session.finish()
+
+
+def find_lr(header: Header, records: Sequence[Record], root: Path, cfg: TrainConfig, *, steps: int | None = None,
+            name: str = "manifest") -> Any:
+    """``train --find-lr``: the learning-rate range test (:mod:`imgcls.training.lr_find`) for this run's setup.
+
+    It sweeps what ``--lr`` first drives: the head on the frozen backbone when the run would
+    start with a warm-up (pretrained weights, no --freeze), else the model as it would train.
+    No run folder; the weights are thrown away.
+    """
+    from imgcls.training import lr_find
+    from imgcls.training.progress import EpochReporter
+
+    if distributed.launched_by_torchrun():
+        raise UsageProblem("--find-lr runs in one process: run it without torchrun")
+    cfg, model, classes, splits = build_training(header, records, root, cfg, name)
+    if warms_up(cfg):
+        model.set_trainable_blocks(0)
+        sweep_cfg = warmup_config(cfg)
+        info("--find-lr: sweeping the head on the frozen backbone (what --lr drives first: the warm-up)")
+    else:
+        sweep_cfg = cfg
+    sweep_cfg = replace(sweep_cfg, schedule="none", ema=0.0, precise_bn=0, checkpoint=False)
+    session = Session(model, sweep_cfg, classes, splits, root, manifest_hash(header, records))
+    trainer = session.prepare()
+    n = steps or lr_find.STEPS
+    reporter = EpochReporter(1)
+    with reporter.epoch(1, n) as advance:
+        result = lr_find.sweep(trainer, steps=n, advance=advance)
+    return result
 
 
 # -- resume ---------------------------------------------------------------------------------
@@ -831,8 +936,14 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
     ckpt = load_checkpoint(run.checkpoint_path, resume=True)
     meta = ckpt.meta
     cfg = TrainConfig.from_dict(meta["config"])
+    run_cfg = TrainConfig.from_dict(meta["run_config"]) if meta.get("run_config") else None
     if overrides:
-        cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if run_cfg is not None:  # interrupted in the warm-up: --epochs is the run's, not the warm-up's
+            run_cfg = replace(run_cfg, **changes)
+            cfg = replace(cfg, **{k: v for k, v in changes.items() if k != "epochs"})
+        else:
+            cfg = replace(cfg, **changes)
     if records is None or not records:
         if not run.manifest_path.exists():
             raise DataError(f"{run.path}: no manifest.jsonl in the run folder; pipe in the manifest it was trained on")
@@ -846,7 +957,7 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
     check_resumable(ckpt, header, records)
     classes = list(meta["classes"])
     done = int(meta["epoch"])
-    if done >= cfg.epochs:
+    if done >= cfg.epochs and run_cfg is None:  # a finished warm-up goes on to its second phase
         raise UsageProblem(f"--resume {run.path}: all {cfg.epochs} epochs are done; pass a larger --epochs to continue")
     splits = split_records(records, classes, cfg.seed, cfg.val_fraction, str(run.manifest_path))
     model = get_model(cfg.arch, num_classes=len(classes), in_channels=cfg.channels, dropout=cfg.dropout,
@@ -858,7 +969,8 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
     # The checkpoint's weights before prepare(): frozen-backbone features are computed from them.
     ckpt.load_model_state(model)
     offset = int(meta.get("epoch_offset", 0))
-    session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, callbacks=callbacks)
+    session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, callbacks=callbacks,
+                      run_config=run_cfg, prior_augmentation=_parent_augmentation(cfg.parent))
     trainer = session.prepare()
     best_state = None
     if run.model_path.exists():
@@ -871,10 +983,40 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
         trainer.state.best_val_loss = math.inf
     session.start(run)
     info(f"resuming {run.path} after epoch {offset + done}")
-    return session.finish(), header, list(records)
+    result = session.finish()
+    if run_cfg is not None and not result.interrupted and result.model_path is not None:
+        result = _unfrozen_phase(model, run_cfg, classes, splits, root, mhash, run, result, callbacks)
+    return result, header, list(records)
 
 
 # -- finetune -------------------------------------------------------------------------------
+
+def _augmentation_of(minfo: Any) -> dict[str, Any] | None:
+    """What a saved model was trained to see (its record, else its training config), for its fine-tuned child."""
+    record = minfo.extra.get("augmentation")
+    if isinstance(record, dict):
+        return record
+    if minfo.config and "augment" in minfo.config:
+        from imgcls.training.augment import augmentation_record
+
+        try:
+            return augmentation_record(str(minfo.config["augment"]), bool(minfo.config.get("flip", True)))
+        except ValueError:
+            return None
+    return None
+
+
+def _parent_augmentation(parent: str | None) -> dict[str, Any] | None:
+    """The same for a fine-tuning run resumed later: read from its parent model file, if it is still there."""
+    if not parent:
+        return None
+    from imgcls.models.io import read_model_info
+
+    try:
+        return _augmentation_of(read_model_info(parent))
+    except Exception:  # noqa: BLE001 - a parent moved away only loses the merged record
+        return None
+
 
 def read_parent_history(model_path: Path) -> list[dict[str, Any]]:
     """The history.jsonl beside a model file (its run folder), if any; damaged lines are skipped with a warning."""
@@ -915,6 +1057,8 @@ def finetune(header: Header, records: Sequence[Record], root: Path, model_path: 
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if overrides.get("freeze_bn") is None:
         cfg = replace(cfg, freeze_bn=True)  # the parent's statistics fit this data (or ImageNet's fit its weights)
+    # the fine-tuning recipe (warm-up + cosine, mixup, label smoothing), whatever the parent trained with
+    cfg = replace(cfg, **{k: v for k, v in FINETUNE_RECIPE.items() if overrides.get(k) is None})
     if overrides.get("backbone_lr") is None:
         cfg = replace(cfg, backbone_lr=cfg.lr * backbone_lr_ratio if backbone_lr_ratio is not None else None)
     splits = split_records(records, classes, cfg.seed, cfg.val_fraction, name)
@@ -930,7 +1074,7 @@ def finetune(header: Header, records: Sequence[Record], root: Path, model_path: 
     parent_best = minfo.extra.get("best_epoch")  # the starting weights are the parent's best epoch
     session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, history=history,
                       baseline=True, baseline_epoch=parent_best if isinstance(parent_best, int) else offset,
-                      callbacks=callbacks)
+                      callbacks=callbacks, prior_augmentation=_augmentation_of(minfo))
     session.prepare()
     run = _create_run(out, f"{cfg.arch}-finetune", header, records, root)
     session.start(run)
