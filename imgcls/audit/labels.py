@@ -8,7 +8,8 @@ from a seeded StratifiedGroupKFold whose groups keep duplicates (exact and near)
 so no image is scored by a probe that trained on a copy of it.
 
 cleanlab's ``find_label_issues`` (prune by noise rate: as many issues per class pair as the
-confident joint estimates) says which labels are suspect; cleanlab's label-quality score
+confident joint estimates; plus its ``predicted_neq_given`` filter, because on a few hundred
+images the confident joint's per-class thresholds are too coarse) says which labels are suspect; cleanlab's label-quality score
 (the out-of-fold probability of the given label, "self-confidence") ranks them, and only
 issues scoring below ``max_label_score`` are flagged (the precision knob; see
 docs/design/audit.md for how the default was measured).
@@ -96,7 +97,7 @@ def assign_folds(labels: np.ndarray, groups: np.ndarray, given: Sequence[int | N
         warnings.simplefilter("ignore")  # "the least populated class has only n members"
         for f, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
             folds[test] = f
-    return folds, k, f"stratified by class, duplicates kept together, seed {0 if seed is None else seed}"
+    return folds, k, f"stratified by class, duplicates kept together, seed {seed}"
 
 
 def find_label_errors(features: np.ndarray, labels: np.ndarray, pool: np.ndarray, held_out: np.ndarray,
@@ -149,6 +150,9 @@ def find_label_errors(features: np.ndarray, labels: np.ndarray, pool: np.ndarray
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             mask = find_label_issues(yy, p, filter_by="prune_by_noise_rate", n_jobs=1)
+            # On small data the confident joint's per-class thresholds are coarse (soft probabilities
+            # never clear them): also take what the probe predicts as another class, then threshold.
+            mask |= find_label_issues(yy, p, filter_by="predicted_neq_given", n_jobs=1)
             quality = get_label_quality_scores(yy, p, method="self_confidence")
         found = int(mask.sum())
         issue[scored_idx] = mask & (quality < max_score)

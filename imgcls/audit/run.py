@@ -91,7 +91,7 @@ def audit(header: Header, records: Sequence[Record], root: Path, cfg: AuditConfi
         lab = find_label_errors(emb.features, labels, pool, held, dups.group, [r.get("fold") for r in records],
                                 len(classes), folds=cfg.folds, c=cfg.probe_c, max_score=cfg.max_label_score,
                                 seed=cfg.seed, probs=probs_given)
-        if lab.folds == 0 and probs_given is None or (lab.folds == 1):
+        if probs_given is None and lab.folds < 2:
             warn(f"{name}: too few labelled train/val images per class for {cfg.folds}-fold probabilities: "
                  f"no label check")
     timing["labels_s"] = time.perf_counter() - t0
@@ -187,7 +187,7 @@ def audit(header: Header, records: Sequence[Record], root: Path, cfg: AuditConfi
         "leakage": [g for g in dup_groups if g["leak"]],
         "labels": None if lab is None or "labels" not in checks else {
             "checked": int(lab.scored.sum()), "folds": lab.folds, "fold_source": lab.fold_source,
-            "probe_accuracy": _r(lab.probs_accuracy if hasattr(lab, "probs_accuracy") else lab.probe_accuracy),
+            "probe_accuracy": _r(lab.probe_accuracy),
             "cleanlab_issues": lab.cleanlab_issues, "max_score": cfg.max_label_score,
             "issues": [{**where(i), **item} for i, item in label_items]},
         "duplicates": None if "duplicates" not in checks else {
