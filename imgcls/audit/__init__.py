@@ -44,8 +44,9 @@ class AuditConfig:
     probe_c: float = 1.0  # inverse L2 strength of the logistic-regression probe
     max_label_score: float = 0.05  # flag only issues whose label-quality score is below this
     # near-duplicates
-    hash_distance: int = 8  # at most this many of 64 hash bits differ ...
-    min_similarity: float = 0.97  # ... and the embeddings' cosine similarity is at least this
+    hash_distance: int = 10  # at most this many of 64 hash bits differ (less in dense data: hash_ratio) ...
+    hash_ratio: float = 0.6  # ... at most this x the median distance of an image to its nearest hash ...
+    min_similarity: float = 0.5  # ... and the embeddings' cosine similarity is at least this (a veto)
     # outliers and ambiguous images
     neighbours: int = 10
     outlier_iqr: float = 1.7  # mean distance to the k nearest > Q3 + this x IQR (cleanlab Datalab's fence)

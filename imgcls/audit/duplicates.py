@@ -7,8 +7,10 @@ bits. Alone it also pairs distinct images with the same coarse layout (plain gar
 black background), and the embedding alone pairs distinct images of one kind; requiring
 both keeps the false pairs rare (docs/design/audit.md has the measurement).
 
-Candidates are each image's nearest neighbours in embedding space (cosine), computed once
-in blocks and shared with the outlier check. Pairs form groups around a kept image (no chains: see find_duplicates); in each
+Candidates are all pairs within the hash limit (one blocked matrix product over the hash
+bits); the limit is ``hash_distance``, lowered in dense data to ``hash_ratio`` x the median
+distance of an image to its nearest hash (Fashion-MNIST: many distinct garments are a few bits
+apart); the features' similarity is a veto against pairs that only share a layout. Pairs form groups around a kept image (no chains: see find_duplicates); in each
 group one copy is kept (the most held-out split: test, then val, then train; then the
 first path) and every other copy is flagged ``duplicate`` with the kept one named, so
 ``select(.audit == null)`` keeps exactly one of each group. A group spanning splits is
@@ -66,23 +68,51 @@ class DuplicateResult:
     group: np.ndarray  # (N,) group id (its own index for singletons)
     keeper: np.ndarray  # (N,) index of the kept copy of its group (itself when kept or alone)
     hashes: np.ndarray
+    limit: int = 0  # the hash distance used (see hash_limit)
 
 
-def find_duplicates(hashes: np.ndarray, nn_idx: np.ndarray, nn_sim: np.ndarray, sha256s: Sequence[str | None],
+def _hash_blocks(hashes: np.ndarray, block: int = 2048):
+    """(start, distances of rows start.. to every hash), itself at 99: Hamming distance as one matrix product."""
+    bits = np.unpackbits(hashes.astype(">u8").view(np.uint8).reshape(len(hashes), 8), axis=1).astype(np.float32)
+    for start in range(0, len(hashes), block):
+        b = bits[start:start + block]
+        d = np.rint(64 - (b @ bits.T + (1 - b) @ (1 - bits).T)).astype(np.int16)
+        d[np.arange(len(b)), start + np.arange(len(b))] = 99
+        yield start, d
+
+
+def nearest_hash_distance(hashes: np.ndarray) -> np.ndarray:
+    """Each hash's distance to its nearest other hash (64 when alone)."""
+    best = np.full(len(hashes), 64, dtype=np.int64)
+    if len(hashes) > 1:
+        for start, d in _hash_blocks(hashes):
+            best[start:start + len(d)] = d.min(axis=1)
+    return best
+
+
+def hash_limit(nearest: np.ndarray, max_distance: int, ratio: float) -> int:
+    """The hash distance a pair may have: ``max_distance``, less in dense data (many near-identical images),
+    where it is ``ratio`` x the median distance of an image to its nearest hash."""
+    if len(nearest) < 20:
+        return max_distance
+    return int(min(max_distance, np.floor(ratio * float(np.median(nearest)))))
+
+
+def find_duplicates(hashes: np.ndarray, unit: np.ndarray, sha256s: Sequence[str | None],
                     splits: Sequence[str | None], paths: Sequence[str], *, max_distance: int,
-                    min_similarity: float) -> DuplicateResult:
+                    min_similarity: float, ratio: float = 0.6) -> DuplicateResult:
+    """Pairs within the hash limit whose features are at least ``min_similarity`` alike (a veto)."""
     n = len(hashes)
     found: dict[tuple[int, int], tuple[int, float]] = {}
-    for i in range(n):
-        for j, s in zip(nn_idx[i], nn_sim[i]):
-            if s < min_similarity:
-                break  # sorted, best first
-            a, b = (i, int(j)) if i < j else (int(j), i)
-            if (a, b) in found:
-                continue
-            d = int(hamming(hashes[a], hashes[b]))
-            if d <= max_distance:
-                found[(a, b)] = (d, float(s))
+    limit = hash_limit(nearest_hash_distance(hashes), max_distance, ratio)
+    for start, d in _hash_blocks(hashes) if n > 1 else ():
+        rows, cols = np.nonzero(d <= limit)
+        for r, j in zip(rows.tolist(), cols.tolist()):
+            i = start + r
+            if i < j:
+                sim = float(unit[i] @ unit[j])
+                if sim >= min_similarity:
+                    found[(i, j)] = (int(d[r, j]), sim)
     # identical files are duplicates whatever the embedding says (prepare keeps them by default)
     by_sha: dict[str, int] = {}
     for i, sha in enumerate(sha256s):
@@ -110,7 +140,7 @@ def find_duplicates(hashes: np.ndarray, nn_idx: np.ndarray, nn_sim: np.ndarray, 
                 group[j] = keeper[j] = i
         group[i] = i
     pairs = sorted((a, b, d, s) for (a, b), (d, s) in found.items() if keeper[a] == b or keeper[b] == a)
-    return DuplicateResult(pairs=pairs, group=group, keeper=keeper, hashes=hashes)
+    return DuplicateResult(pairs=pairs, group=group, keeper=keeper, hashes=hashes, limit=limit)
 
 
 def grey_thumbnails(paths: Sequence, cache_dir) -> np.ndarray:

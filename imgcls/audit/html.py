@@ -51,8 +51,8 @@ def _summary(doc: dict[str, Any]) -> Markup:
              ("label check", f"{labels.get('folds')}-fold probe ({labels.get('fold_source')}), out-of-fold accuracy "
                              f"{num(labels.get('probe_accuracy'))}; cleanlab flagged {labels.get('cleanlab_issues')}, "
                              f"kept those with score < {labels.get('max_score')}" if labels else DASH),
-             ("near-duplicates", f"hash distance <= {s.get('hash_distance')} of 64 bits and feature similarity >= "
-                                 f"{s.get('min_similarity')}"),
+             ("near-duplicates", f"hash distance <= {(doc.get('duplicates') or {}).get('hash_limit', s.get('hash_distance'))} "
+                                 f"of 64 bits and feature similarity >= {s.get('min_similarity')}"),
              ("time", f"{doc['timing'].get('total_s')} s"), ("imgcls", doc.get("imgcls_version"))]
     return section("summary", "Summary", table(["", "count"], rows, sortable=False, id="summary-table",
                                                 caption="Findings"),

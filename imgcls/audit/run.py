@@ -77,8 +77,9 @@ def audit(header: Header, records: Sequence[Record], root: Path, cfg: AuditConfi
         hashes = phash(grey_thumbnails(paths, resolve_cache_dir(cfg.cache_dir, enabled=cfg.cache)))
     except ImageRejected as exc:
         raise unreadable_since_prepare(exc) from None
-    dups = find_duplicates(hashes, nn_idx, nn_sim, [r.get("sha256") for r in records], splits, paths,
-                           max_distance=cfg.hash_distance, min_similarity=cfg.min_similarity)
+    dups = find_duplicates(hashes, unit, [r.get("sha256") for r in records], splits, paths,
+                           max_distance=cfg.hash_distance, min_similarity=cfg.min_similarity,
+                           ratio=cfg.hash_ratio)
     timing["duplicates_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -191,7 +192,7 @@ def audit(header: Header, records: Sequence[Record], root: Path, cfg: AuditConfi
             "cleanlab_issues": lab.cleanlab_issues, "max_score": cfg.max_label_score,
             "issues": [{**where(i), **item} for i, item in label_items]},
         "duplicates": None if "duplicates" not in checks else {
-            "pairs": len(dups.pairs), "groups": dup_groups},
+            "pairs": len(dups.pairs), "hash_limit": dups.limit, "groups": dup_groups},
         "outliers": None if outl is None else {
             "fence": _r(outl.fence), "items": [{**where(i), **item} for i, item in outlier_items]},
         "ambiguous": None if amb is None else {"items": [{**where(i), **item} for i, item in amb_items]},

@@ -61,9 +61,12 @@ def _checks(ctx, param, value):
                    "(the out-of-fold probability of the given label) is below this. Lower: fewer, surer "
                    "suspects. Chosen on Fashion-MNIST with 5% flipped labels (docs/benchmarks.md).")
 @click.option("--hash-distance", type=click.IntRange(0, 64), default=D.hash_distance, show_default=True,
-              help="Near-duplicates: at most this many of the 64 bits of the DCT hash differ ...")
+              help="Near-duplicates: at most this many of the 64 bits of the DCT hash differ (fewer in dense "
+                   f"data: {D.hash_ratio} x the median distance of an image to its nearest hash) ...")
 @click.option("--min-similarity", type=click.FloatRange(-1, 1), default=D.min_similarity, show_default=True,
-              help="... and the features' cosine similarity is at least this (identical files always count).")
+              help="... and the features' cosine similarity is at least this, a veto against pairs that only "
+                   "share a layout (identical files always count). Chosen on cats-vs-dogs photos with planted "
+                   "re-encoded, resized, cropped copies (docs/benchmarks.md).")
 @click.option("--outlier-iqr", type=click.FloatRange(min=0), default=D.outlier_iqr, show_default=True,
               help="Outliers: mean cosine distance to the --neighbours nearest images above Q3 + this x IQR "
                    "of that distance (cleanlab Datalab's fence).")
