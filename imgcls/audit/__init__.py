@@ -1,14 +1,15 @@
 """``imgcls audit``: the data's problems, found before a model learns them.
 
 Four checks over one manifest, all from one embedding of every image (a frozen
-backbone's features, or a trained imgcls model's) plus a perceptual hash:
+backbone's features, or a trained imgcls model's) plus grey thumbnails:
 
 * **label errors** (:mod:`imgcls.audit.labels`): out-of-fold predicted probabilities of a
   logistic-regression probe on the features (K folds over train+val; test records scored
   by a probe fit on all of train+val), scored by confident learning (cleanlab's
   ``find_label_issues``), with the suggested label and cleanlab's label-quality score;
-* **near-duplicates** (:mod:`imgcls.audit.duplicates`): pairs close both by a 64-bit DCT
-  hash and in embedding space; copies that straddle train/val/test (leakage) come first;
+* **near-duplicates** (:mod:`imgcls.audit.duplicates`): candidate pairs from thumbnail and
+  embedding neighbours, each verified by registering one image onto the other (scale, shift)
+  and measuring the grey difference left; copies that straddle train/val/test (leakage) come first;
 * **outliers** and **ambiguous** images (:mod:`imgcls.audit.outliers`): far from every
   neighbour in embedding space, or split between two labels.
 
@@ -44,9 +45,8 @@ class AuditConfig:
     probe_c: float = 1.0  # inverse L2 strength of the logistic-regression probe
     max_label_score: float = 0.05  # flag only issues whose label-quality score is below this
     # near-duplicates
-    hash_distance: int = 10  # at most this many of 64 hash bits differ (less in dense data: hash_ratio) ...
-    hash_ratio: float = 0.6  # ... at most this x the median distance of an image to its nearest hash ...
-    min_similarity: float = 0.5  # ... and the embeddings' cosine similarity is at least this (a veto)
+    duplicate_residual: float = 0.02  # RMS grey difference (0-1) left after registering a candidate pair, at most
+    duplicate_candidates: int = 10  # candidate partners per image from the thumbnails (plus --neighbours by features)
     # outliers and ambiguous images
     neighbours: int = 10
     outlier_iqr: float = 1.7  # mean distance to the k nearest > Q3 + this x IQR (cleanlab Datalab's fence)

@@ -51,8 +51,8 @@ def _summary(doc: dict[str, Any]) -> Markup:
              ("label check", f"{labels.get('folds')}-fold probe ({labels.get('fold_source')}), out-of-fold accuracy "
                              f"{num(labels.get('probe_accuracy'))}; cleanlab flagged {labels.get('cleanlab_issues')}, "
                              f"kept those with score < {labels.get('max_score')}" if labels else DASH),
-             ("near-duplicates", f"hash distance <= {(doc.get('duplicates') or {}).get('hash_limit', s.get('hash_distance'))} "
-                                 f"of 64 bits and feature similarity >= {s.get('min_similarity')}"),
+             ("near-duplicates", f"{(doc.get('duplicates') or {}).get('candidates', DASH)} candidate pairs registered; "
+                                 f"copies: grey residual <= {s.get('duplicate_residual')}"),
              ("time", f"{doc['timing'].get('total_s')} s"), ("imgcls", doc.get("imgcls_version"))]
     return section("summary", "Summary", table(["", "count"], rows, sortable=False, id="summary-table",
                                                 caption="Findings"),
@@ -68,7 +68,7 @@ def _groups(groups: list[dict[str, Any]], thumbs: _Thumbs, top: int, anchor: str
     for g in groups[:top]:
         cells = []
         for m in g["members"]:
-            role = "kept" if m["kept"] else f"copy: distance {m['hash_distance']}, similarity {num(m['similarity'])}"
+            role = "kept" if m["kept"] else f"copy: residual {num(m['residual'])}, similarity {num(m['similarity'])}"
             cells.append(el("div", _img(thumbs(m["path"]), f"{m['split']} image of {m['label']}"),
                             el("span", f"{m['split'] or DASH} \u00b7 {m['label'] or DASH}", class_="cap"),
                             el("span", role, class_="cap"), el("code", m["path"])))

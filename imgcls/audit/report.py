@@ -20,7 +20,7 @@ def render_summary(result: Any, top: int) -> None:
         others = [m for m in g["members"] if not m["kept"]]
         warn(f"leakage: {g['kept']} ({'/'.join(g['splits'])}) has {len(others)} near-cop"
              f"{'ies' if len(others) != 1 else 'y'} in another split: " + "; ".join(
-                 f"{m['path']} ({m['split']}, hash distance {m['hash_distance']}, similarity {m['similarity']})"
+                 f"{m['path']} ({m['split']}, residual {m['residual']}, similarity {m['similarity']})"
                  for m in others[:3]))
     if len(doc["leakage"]) > top:
         warn(f"... and {len(doc['leakage']) - top} more groups straddling splits (see --json / --html)")

@@ -35,7 +35,7 @@ def _r(x: float, digits: int = 4) -> float | None:
 def audit(header: Header, records: Sequence[Record], root: Path, cfg: AuditConfig, *,
           name: str = "manifest") -> AuditResult:
     from imgcls import __version__
-    from imgcls.audit.duplicates import find_duplicates, grey_thumbnails, neighbours, phash
+    from imgcls.audit.duplicates import colour_loader, find_duplicates, grey_thumbnails, neighbours
     from imgcls.audit.embed import embed
     from imgcls.audit.labels import find_label_errors, normalise, require_cleanlab
     from imgcls.audit.outliers import find_ambiguous, find_outliers
@@ -74,12 +74,12 @@ def audit(header: Header, records: Sequence[Record], root: Path, cfg: AuditConfi
 
     t0 = time.perf_counter()
     try:
-        hashes = phash(grey_thumbnails(paths, resolve_cache_dir(cfg.cache_dir, enabled=cfg.cache)))
+        gray = grey_thumbnails(paths, resolve_cache_dir(cfg.cache_dir, enabled=cfg.cache))
+        dups = find_duplicates(gray, unit, nn_idx, [r.get("sha256") for r in records], splits, paths,
+                               max_residual=cfg.duplicate_residual, candidates=cfg.duplicate_candidates,
+                               colour=colour_loader(paths))
     except ImageRejected as exc:
         raise unreadable_since_prepare(exc) from None
-    dups = find_duplicates(hashes, unit, [r.get("sha256") for r in records], splits, paths,
-                           max_distance=cfg.hash_distance, min_similarity=cfg.min_similarity,
-                           ratio=cfg.hash_ratio)
     timing["duplicates_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -116,11 +116,7 @@ def audit(header: Header, records: Sequence[Record], root: Path, cfg: AuditConfi
     groups: dict[int, list[int]] = {}
     for i, g in enumerate(dups.group):
         groups.setdefault(int(g), []).append(i)
-    pair_of: dict[int, tuple[int, float]] = {}
-    for a, b, d, s in dups.pairs:
-        for x in (a, b):
-            if x not in pair_of or s > pair_of[x][1]:
-                pair_of[x] = (d, s)
+    pair_stats = {(a, b): (r, s) for a, b, r, s in dups.pairs}
     dup_groups = []
     for g, members in groups.items():
         if len(members) < 2:
@@ -130,11 +126,12 @@ def audit(header: Header, records: Sequence[Record], root: Path, cfg: AuditConfi
         leak = len({splits[i] for i in members}) > 1
         entries = []
         for i in sorted(members, key=lambda i: (i != keep, paths[i])):
-            d, s = _pair_stats(dups, hashes, unit, i, keep)
+            r, s = pair_stats.get((min(i, keep), max(i, keep)), (0.0, 1.0))
             entries.append({"path": paths[i], "split": splits[i], "label": records[i].get("label"),
-                            "kept": i == keep, "hash_distance": d, "similarity": _r(s)})
+                            "kept": i == keep, "residual": None if i == keep else _r(r),
+                            "similarity": None if i == keep else _r(s)})
             if i != keep:
-                findings[i]["duplicate"] = {"of": paths[keep], "split": splits[keep], "hash_distance": d,
+                findings[i]["duplicate"] = {"of": paths[keep], "split": splits[keep], "residual": _r(r),
                                             "similarity": _r(s), "leak": splits[i] != splits[keep]}
         dup_groups.append({"kept": paths[keep], "splits": group_splits, "leak": leak, "members": entries})
     dup_groups.sort(key=lambda gr: (not gr["leak"], gr["kept"]))
@@ -192,7 +189,8 @@ def audit(header: Header, records: Sequence[Record], root: Path, cfg: AuditConfi
             "cleanlab_issues": lab.cleanlab_issues, "max_score": cfg.max_label_score,
             "issues": [{**where(i), **item} for i, item in label_items]},
         "duplicates": None if "duplicates" not in checks else {
-            "pairs": len(dups.pairs), "hash_limit": dups.limit, "groups": dup_groups},
+            "candidates": dups.candidates, "pairs": len(dups.pairs), "max_residual": cfg.duplicate_residual,
+            "groups": dup_groups},
         "outliers": None if outl is None else {
             "fence": _r(outl.fence), "items": [{**where(i), **item} for i, item in outlier_items]},
         "ambiguous": None if amb is None else {"items": [{**where(i), **item} for i, item in amb_items]},
@@ -218,12 +216,6 @@ def audit(header: Header, records: Sequence[Record], root: Path, cfg: AuditConfi
     out_header["audited"] = {"imgcls_version": __version__, "checks": list(cfg.checks),
                              "embedding": emb.description, "counts": counts}
     return AuditResult(out_header, out_records, document, suspects)
-
-
-def _pair_stats(dups: Any, hashes: np.ndarray, unit: np.ndarray, i: int, keep: int) -> tuple[int, float]:
-    from imgcls.audit.duplicates import hamming
-
-    return int(hamming(hashes[i], hashes[keep])), float(unit[i] @ unit[keep])
 
 
 def _model_probs(emb: Any, classes: list[str], labels: np.ndarray, header: Header,

@@ -60,13 +60,13 @@ def _checks(ctx, param, value):
               help="Flag a label only when cleanlab's find_label_issues flags it AND its label-quality score "
                    "(the out-of-fold probability of the given label) is below this. Lower: fewer, surer "
                    "suspects. Chosen on Fashion-MNIST with 5% flipped labels (docs/benchmarks.md).")
-@click.option("--hash-distance", type=click.IntRange(0, 64), default=D.hash_distance, show_default=True,
-              help="Near-duplicates: at most this many of the 64 bits of the DCT hash differ (fewer in dense "
-                   f"data: {D.hash_ratio} x the median distance of an image to its nearest hash) ...")
-@click.option("--min-similarity", type=click.FloatRange(-1, 1), default=D.min_similarity, show_default=True,
-              help="... and the features' cosine similarity is at least this, a veto against pairs that only "
-                   "share a layout (identical files always count). Chosen on cats-vs-dogs photos with planted "
-                   "re-encoded, resized, cropped copies (docs/benchmarks.md).")
+@click.option("--duplicate-residual", type=click.FloatRange(0, 1), default=D.duplicate_residual, show_default=True,
+              help="Near-duplicates: a candidate pair (neighbours by grey thumbnail or by features) is a copy when, "
+                   "after registering one image onto the other (scale and shift per axis: crops of up to 10 % "
+                   "and resizes), the RMS grey difference of the blurred 32 px thumbnails is at most this (0-1 "
+                   "scale; identical files always count). Chosen on Fashion-MNIST and cats-vs-dogs photos with "
+                   "planted re-encoded, resized, cropped copies (docs/benchmarks.md); an absolute grey level, so "
+                   "very low-contrast images may need less.")
 @click.option("--outlier-iqr", type=click.FloatRange(min=0), default=D.outlier_iqr, show_default=True,
               help="Outliers: mean cosine distance to the --neighbours nearest images above Q3 + this x IQR "
                    "of that distance (cleanlab Datalab's fence).")
@@ -98,7 +98,7 @@ def _checks(ctx, param, value):
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the caches.")
 @common_options
 def command(manifest, arch, weights, weights_name, pretrained, model, model_probs, image_size, mean, std, checks,
-            folds, max_label_score, hash_distance, min_similarity, outlier_iqr, neighbours, ambiguous_margin, seed,
+            folds, max_label_score, duplicate_residual, outlier_iqr, neighbours, ambiguous_margin, seed,
             output, json_file, html_file, sheet, top, batch_size, device, cache_dir, no_cache):
     """Find label errors, near-duplicates, leakage and outliers in a manifest.
 
@@ -116,9 +116,10 @@ def command(manifest, arch, weights, weights_name, pretrained, model, model_prob
     label      out-of-fold probabilities of a logistic-regression probe on the features
                (K folds over train+val, duplicates kept in one fold), scored by confident
                learning (cleanlab's find_label_issues); suggested label and score given
-    duplicate  near-copies (re-encoded, resized, slightly cropped): DCT-hash distance and
-               feature similarity; one copy of each group is kept (test, then val, then
-               train), the others are flagged; across splits it is leakage, listed first
+    duplicate  near-copies (re-encoded, resized, slightly cropped): neighbours by thumbnail
+               or features, verified by registering one onto the other; one copy of each
+               group is kept (test, then val, then train), the others are flagged; across
+               splits it is leakage, listed first
     outlier    far from every other image in feature space
     ambiguous  the probabilities split between two labels
 
@@ -153,8 +154,8 @@ def command(manifest, arch, weights, weights_name, pretrained, model, model_prob
     cfg = AuditConfig(arch=arch, weights=weights, weights_name=weights_name, pretrained=pretrained, model=model,
                       model_probs=model_probs, image_size=image_size or 0,
                       mean=parse_floats_option(mean, "--mean") or [], std=parse_floats_option(std, "--std") or [],
-                      folds=folds, max_label_score=max_label_score, hash_distance=hash_distance,
-                      min_similarity=min_similarity, neighbours=neighbours, outlier_iqr=outlier_iqr,
+                      folds=folds, max_label_score=max_label_score, duplicate_residual=duplicate_residual,
+                      neighbours=neighbours, outlier_iqr=outlier_iqr,
                       ambiguous_margin=ambiguous_margin, checks=checks, seed=seed, batch_size=batch_size,
                       device=device, cache=not no_cache, cache_dir=cache_dir)
     header, records, reader = read_all(open_input(manifest))
