@@ -183,3 +183,76 @@ def test_audit_without_cleanlab_names_the_extra(invoke, audit_data, monkeypatch)
     assert result.exit_code == 1 and "imgcls[audit]" in result.stderr
     ok = invoke(["audit", audit_data["manifest"], "--arch", "cnn", "--checks", "duplicates,outliers"])
     assert ok.exit_code == 0, ok.output
+
+
+def test_audit_duplicates_register_crops_and_resizes_but_not_lookalikes(tmp_path):
+    """The verification step on its own: a cropped, resized JPEG copy is found; the same picture made brighter,
+    or changed only in hue (the same grey image), is not a copy."""
+    from scipy.ndimage import gaussian_filter
+
+    from imgcls.audit.duplicates import colour_loader, find_duplicates, grey_thumbnails
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(12):  # smooth colour textures, mid-grey so that nothing clips below
+        a = gaussian_filter(rng.normal(0, 1, (48, 48, 3)), (3, 3, 0))
+        a = 125 + 50 * a / a.std()
+        paths.append(tmp_path / f"{i:02d}.png")
+        Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB").save(paths[-1])
+    with Image.open(paths[0]) as img:  # crop 5 % (3 % left, 2 % right), 4 % from the top; resize by 0.8; JPEG 70
+        img.crop((1, 2, 47, 48)).resize((37, 37), Image.BICUBIC).save(tmp_path / "copy.jpg", quality=70)
+    base = np.asarray(Image.open(paths[1]), dtype=np.float64)
+    Image.fromarray(np.clip(base + 30, 0, 255).astype(np.uint8), "RGB").save(tmp_path / "brighter.png")
+    hue = np.asarray(Image.open(paths[2]), dtype=np.float64)
+    shift = np.where(np.arange(48)[None, :, None] < 24, 1.0, -1.0) * np.array([40.0, -40 * 0.299 / 0.587, 0.0])
+    Image.fromarray(np.clip(hue + shift, 0, 255).astype(np.uint8), "RGB").save(tmp_path / "hue.png")  # same grey
+    paths += [tmp_path / "copy.jpg", tmp_path / "brighter.png", tmp_path / "hue.png"]
+    names = [str(p) for p in paths]
+    gray = grey_thumbnails(paths, None)
+    unit = rng.normal(size=(len(paths), 8))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    found = find_duplicates(gray, unit, None, [None] * len(paths), ["train"] * len(paths), names,
+                            max_residual=0.02, colour=colour_loader(names))
+    assert [(a, b) for a, b, _, _ in found.pairs] == [(0, 12)], found.pairs
+    assert found.keeper[12] == 0 and found.pairs[0][2] < 0.02
+    without_colour = find_duplicates(gray, unit, None, [None] * len(paths), ["train"] * len(paths), names,
+                                     max_residual=0.02)
+    assert (2, 14) in [(a, b) for a, b, _, _ in without_colour.pairs]  # the grey images alone cannot tell
+
+
+def _garment(path: Path, shape: str, seed: int, side: int = 40) -> Path:
+    """Grey 'garments' on black: every image of a class has the same silhouette and brightness, and only a
+    faint smooth texture of its own (the near-identical look-alikes of Fashion-MNIST a hash pairs)."""
+    from scipy.ndimage import gaussian_filter
+
+    yy, xx = np.mgrid[0:side, 0:side] / side - 0.5
+    mask = (xx ** 2 / 0.12 + yy ** 2 / 0.18 < 1) if shape == "ellipse" else (abs(xx) < 0.3) & (abs(yy) < 0.4)
+    texture = gaussian_filter(np.random.default_rng(seed).normal(0, 1, (side, side)), 2.5)
+    img = np.where(mask, 150 + 25 * texture / texture.std(), 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "L").save(path)
+    return path
+
+
+def test_audit_duplicates_find_a_cropped_resized_jpeg_copy_not_a_same_class_lookalike(invoke, tmp_path):
+    records = []
+    for shape in ("ellipse", "box"):
+        for i in range(12):
+            p = _garment(tmp_path / shape / f"{i:02d}.png", shape, seed=(0 if shape == "ellipse" else 100) + i)
+            records.append({"path": str(p), "label": shape, "split": "test" if i < 3 else "train"})
+    original = records[0]["path"]
+    copy = tmp_path / "ellipse" / "copy.jpg"
+    with Image.open(original) as img:  # crop 5 % of the width (2 px left), 2.5 % of the height; resize by 1.2; JPEG 70
+        img.crop((2, 1, 40, 40)).resize((46, 47), Image.BICUBIC).save(copy, quality=70)
+    records.append({"path": str(copy), "label": "ellipse", "split": "train"})
+    manifest = tmp_path / "m.jsonl"
+    header = {"format": "imgcls-manifest", "version": "1.0", "classes": ["ellipse", "box"]}
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in [header, *records]))
+    result = invoke(["audit", manifest, "--arch", "cnn", "--checks", "duplicates", "--json", tmp_path / "d.json"])
+    assert result.exit_code == 0, result.output
+    flagged = {r["path"]: r["audit"] for r in read_jsonl(result.stdout)[1:] if "audit" in r}
+    assert list(flagged) == [str(copy)], flagged  # no other image of the class is anyone's copy
+    dup = flagged[str(copy)]["duplicate"]
+    assert dup["of"] == original and dup["leak"] is True and dup["residual"] < 0.02
+    doc = json.loads((tmp_path / "d.json").read_text())
+    assert doc["duplicates"]["candidates"] >= 12  # the look-alikes were compared, and rejected
