@@ -9,14 +9,18 @@ permutation per class, 100 validation and 100 test images per class): 12,000 ima
   recall of the records audit flags "label", at its default threshold; a scikit-learn baseline
   (raw pixels, logistic regression, 5-fold cross_val_predict, cleanlab find_label_issues) beside it;
 * near-duplicates: 200 test images re-encoded as JPEG quality 70, resized by 0.8-1.2 and cropped by up to
-  5 %, planted in train: recall (the copy flagged "duplicate" of its original, as leakage); false pairs:
-  records flagged "duplicate" in the run without planted copies (Fashion-MNIST has a few true duplicates
-  of its own: they count as false here, an upper bound);
+  5 %, planted in train: recall (the copy flagged "duplicate" of its original, as leakage); the false-pair
+  rate: the fraction of the clean images (the data set without planted copies) that appear in a reported
+  pair (a flagged copy and its kept image) other than a planted copy with its original, in the run without
+  planted copies and in the run with them. Both data sets hold a few genuine duplicates of their own: they
+  count as false here (an upper bound); fm-clean-pairs.png / catsdogs-clean-pairs.png under --work show
+  the pairs for a person to judge. --seed N plants other copies (and flips other labels);
+  --duplicates-only runs every audit with --checks duplicates and skips the label baseline (minutes less);
 * outliers: 50 cats-vs-dogs photos (grey) filed under random classes; ambiguous: 50 50/50 blends of two
   training images of different classes; recall and precision;
 * the same planted-copy study on the 2,000 cats-vs-dogs photos (/work/data/catsdogs), when present.
 
-Writes JSON to --out (default: /tmp/imgcls-audit-study/results.json) and prints a Markdown table.
+Writes JSON to --out (default: /tmp/imgcls-audit-study/results.json) and prints it.
 """
 
 from __future__ import annotations
@@ -98,9 +102,32 @@ def dup_recall(records: list[dict], copies: dict[str, str]) -> dict:
             "flagged_with_another_partner": flagged_any - found}
 
 
-def false_pairs(records: list[dict]) -> dict:
-    n = sum(1 for r in records if "duplicate" in (r.get("audit") or {}))
-    return {"images": len(records), "flagged_duplicate": n, "rate": round(n / max(1, len(records)), 4)}
+def false_pairs(doc: dict, copies: dict[str, str], clean_images: int, sheet: Path | None = None) -> dict:
+    """Reported pairs (each flagged copy with its kept image) other than a planted copy with its original; the
+    false-pair rate is the fraction of the clean images (the data set without planted copies) in such a pair."""
+    pairs = [(m["path"], g["kept"]) for g in (doc.get("duplicates") or {}).get("groups", [])
+             for m in g["members"] if not m["kept"]]
+    false = [(a, b) for a, b in pairs if copies.get(a) != b and copies.get(b) != a]
+    images = {x for pair in false for x in pair}
+    if sheet is not None and false:
+        pair_sheet(false[:60], sheet)
+    return {"clean_images": clean_images, "reported_pairs": len(pairs), "false_pairs": len(false),
+            "images_in_false_pairs": len(images), "rate": round(len(images) / max(1, clean_images), 4),
+            "sheet": str(sheet) if sheet is not None and false else None}
+
+
+def pair_sheet(pairs: list[tuple[str, str]], path: Path, side: int = 84) -> None:
+    """The pairs side by side, 4 to a row, for a person to judge (a genuine duplicate or a look-alike)."""
+    from PIL import Image
+
+    cols = 4
+    sheet = Image.new("RGB", (cols * (2 * side + 12), -(-len(pairs) // cols) * (side + 8)), "white")
+    for k, (a, b) in enumerate(pairs):
+        x, y = (k % cols) * (2 * side + 12), (k // cols) * (side + 8)
+        for dx, f in ((0, a), (side + 2, b)):
+            with Image.open(f) as img:
+                sheet.paste(img.convert("RGB").resize((side, side), Image.NEAREST), (x + dx, y))
+    sheet.save(path)
 
 
 def sklearn_baseline(manifest: Path, flipped: set[str], max_score: float) -> dict:
@@ -136,13 +163,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--skip-catsdogs", action="store_true")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--duplicates-only", action="store_true",
+                    help="only the near-duplicate figures: every audit with --checks duplicates, no baseline")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the flipped labels and the planted copies")
     args = ap.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     out_path = args.out or work / "results.json"
     extra = ["--weights", args.weights, "--image-size", str(args.image_size), "--cache-dir", str(work / "cache")]
+    if args.duplicates_only:
+        extra += ["--checks", "duplicates"]
+        args.skip_baseline = True
     results: dict = {"machine": _fmnist.machine(), "command": " ".join(sys.argv), "image_size": args.image_size}
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.seed)
 
     # -- Fashion-MNIST, clean images, 5 % flipped labels ------------------------------------------
     fm = work / "fm"
@@ -160,10 +193,13 @@ def main() -> None:
     noisy = work / "fm-flipped.jsonl"
     write(noisy, header, records)
     seconds, doc, audited = audit(noisy, work / "fm-flipped.audited.jsonl", extra)
-    results["fmnist_labels"] = {"seconds": round(seconds, 1), "timing": doc["timing"], **label_scores(audited, flipped_paths),
-                                "probe_accuracy": doc["labels"]["probe_accuracy"],
-                                "cleanlab_issues": doc["labels"]["cleanlab_issues"]}
-    results["fmnist_clean_false_pairs"] = false_pairs(audited)
+    if not args.duplicates_only:
+        results["fmnist_labels"] = {"seconds": round(seconds, 1), "timing": doc["timing"],
+                                    **label_scores(audited, flipped_paths),
+                                    "probe_accuracy": doc["labels"]["probe_accuracy"],
+                                    "cleanlab_issues": doc["labels"]["cleanlab_issues"]}
+    results["fmnist_clean_false_pairs"] = false_pairs(doc, {}, len(audited), work / "fm-clean-pairs.png")
+    results["fmnist_clean_duplicates_s"] = doc["timing"]["duplicates_s"]
     results["fmnist_clean_outliers"] = doc["counts"]["outlier"]
     results["fmnist_clean_ambiguous"] = doc["counts"]["ambiguous"]
     print(json.dumps(results, indent=1), flush=True)
@@ -210,10 +246,13 @@ def main() -> None:
         return {"planted": len(truth), "flagged": len(flagged), "recall": round(tp / max(1, len(truth)), 3),
                 "precision": round(tp / max(1, len(flagged)), 3)}
 
-    results["fmnist_duplicates"] = {"seconds": round(seconds, 1), **dup_recall(audited, copies),
-                                    "leak_groups": doc["counts"]["leak_groups"]}
-    results["fmnist_outliers"] = scores("outlier", outliers)
-    results["fmnist_ambiguous"] = scores("ambiguous", blends)
+    results["fmnist_duplicates"] = {"seconds": round(seconds, 1), "duplicates_s": doc["timing"]["duplicates_s"],
+                                    "candidates": doc["duplicates"]["candidates"], **dup_recall(audited, copies),
+                                    "leak_groups": doc["counts"]["leak_groups"],
+                                    "false": false_pairs(doc, copies, len(audited) - len(copies))}
+    if not args.duplicates_only:
+        results["fmnist_outliers"] = scores("outlier", outliers)
+        results["fmnist_ambiguous"] = scores("ambiguous", blends)
     print(json.dumps(results, indent=1), flush=True)
 
     # -- cats vs dogs photos -----------------------------------------------------------------------------
@@ -221,7 +260,8 @@ def main() -> None:
         cd = work / "catsdogs.jsonl"
         _fmnist.run(_fmnist.IMGCLS + ["prepare", str(CATSDOGS), "-o", str(cd)])
         seconds, doc, audited = audit(cd, work / "catsdogs.audited.jsonl", extra)
-        results["catsdogs_clean"] = {"seconds": round(seconds, 1), **false_pairs(audited),
+        results["catsdogs_clean"] = {"seconds": round(seconds, 1), "duplicates_s": doc["timing"]["duplicates_s"],
+                                     **false_pairs(doc, {}, len(audited), work / "catsdogs-clean-pairs.png"),
                                      "label_flagged": doc["counts"]["label"], "outliers": doc["counts"]["outlier"]}
         header, records = read(cd)
         tests = [r for r in records if r["split"] == "test"]
@@ -234,7 +274,9 @@ def main() -> None:
         both = work / "catsdogs-planted.jsonl"
         write(both, header, records + extra_records)
         seconds, doc, audited = audit(both, work / "catsdogs-planted.audited.jsonl", extra)
-        results["catsdogs_duplicates"] = {"seconds": round(seconds, 1), **dup_recall(audited, copies)}
+        results["catsdogs_duplicates"] = {"seconds": round(seconds, 1), "duplicates_s": doc["timing"]["duplicates_s"],
+                                          "candidates": doc["duplicates"]["candidates"], **dup_recall(audited, copies),
+                                          "false": false_pairs(doc, copies, len(records))}
     out_path.write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 
