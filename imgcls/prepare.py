@@ -87,6 +87,7 @@ class PrepareOptions:
     resplit: bool = False
     dedup: bool = False
     jobs: int | None = None
+    exclude: list[str] = field(default_factory=list)  # files listing images to leave out (--exclude)
 
 
 # ---------------------------------------------------------------------------- results
@@ -129,6 +130,8 @@ class Stats:
     loose: int = 0  # files outside any class folder
     empty_class_folders: list[str] = field(default_factory=list)
     same_file_twice: int = 0
+    excluded: int = 0  # images left out by --exclude
+    exclude_unmatched: int = 0  # --exclude entries that named no input image
     duplicate_groups: int = 0
     duplicate_copies: int = 0  # extra copies beyond the first of each group
     conflicting_groups: list[list[tuple[str, str]]] = field(default_factory=list)  # [(label, path), ...]
@@ -327,6 +330,27 @@ def _import_classes(folder: Path) -> list[str]:
     except (OSError, ValueError, AttributeError):
         return []
     return classes if isinstance(classes, list) and all(isinstance(c, str) for c in classes) else []
+
+
+def read_exclude_list(source: str) -> set[str]:
+    """Absolute paths named by an --exclude file: a manifest (records' "path", resolved against its
+    root), or plain paths one per line (relative to the working directory). The images are not touched."""
+    from imgcls.manifest import ManifestReader
+
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"--exclude {source}: no such file" if not path.exists() else
+                        f"--exclude {source}: not a file (a manifest or a list of paths, one per line)")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            head = fh.read(4096).lstrip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"--exclude {source}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    if head.startswith("{"):
+        reader = ManifestReader(path)
+        return {os.path.abspath(reader.resolve(r)) for r in reader}
+    with open(path, encoding="utf-8") as fh:
+        return {os.path.abspath(line.rstrip("\r\n")) for line in fh if line.strip()}
 
 
 # ---------------------------------------------------------------------------- checking
@@ -582,9 +606,22 @@ class _Run:
             else:
                 unique[it.path] = it
         self.items = list(unique.values())
-        if not self.items and not self.rejects:
+        self.apply_exclude()
+        if not self.items and not self.rejects and not self.stats.excluded:
             raise DataError(f"{', '.join(self.sources)}: no images found: no image files in the folders, "
                             f"no records in the manifests (image extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+    def apply_exclude(self) -> None:
+        """--exclude: leave out the images the files list (by path), before anything is decoded."""
+        if not self.opts.exclude:
+            return
+        listed: set[str] = set()
+        for source in self.opts.exclude:
+            listed |= read_exclude_list(source)
+        kept = [it for it in self.items if it.path not in listed]
+        self.stats.excluded = len(self.items) - len(kept)
+        self.stats.exclude_unmatched = len(listed - {it.path for it in self.items})
+        self.items = kept
 
     def select_classes(self) -> None:
         """--classes, before decoding: no point checking images the user does not want."""

@@ -507,3 +507,50 @@ def test_predict_explain_every_architecture_family(arch, size, channels):
     heat = gradcam(model, info, images, [0, 2])
     assert heat.shape == (2, size, size) and heat.dtype == np.float32
     assert np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1
+
+
+def test_predict_sort_margin_and_entropy_most_uncertain_first(invoke, world, tmp_path):
+    blend = tmp_path / "blend.png"
+    with Image.open(world["images"][0]) as a, Image.open(world["images"][-1]) as b:
+        Image.blend(a.convert("RGB"), b.convert("RGB"), 0.5).save(blend)
+    inputs = [world["images"][0], blend, world["images"][-1], tmp_path / "missing.png"]
+    plain, _ = predict_lines(invoke, ["-m", world["perfect"], *inputs], exit_code=1)
+    assert "margin" not in plain[0]
+    for key in ("margin", "entropy"):
+        lines, _ = predict_lines(invoke, ["-m", world["perfect"], "--sort", key, *inputs], exit_code=1)
+        good = [line for line in lines if "error" not in line]
+        assert "error" in lines[-1] and len(good) == 3  # unreadable last
+        values = [line[key] for line in good]
+        assert values == sorted(values, reverse=key == "entropy")
+        for line in good:
+            probs = [t["prob"] for t in line["top_k"]]
+            assert line["margin"] == pytest.approx(probs[0] - probs[1])
+            assert line["entropy"] >= 0
+        assert good[0]["path"] == str(blend)  # between two classes: the most worth labelling
+
+
+@pytest.mark.slow  # six imgcls processes and two trainings: about 30-80 s on the 2-core CPU
+def test_predict_pseudo_labelling_loop_from_the_readme_runs(tmp_path):
+    import re
+    import shutil
+
+    if shutil.which("jq") is None:
+        pytest.skip("jq is not installed")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- pseudo-labelling loop:[^>]*-->\n```sh\n(.*?)```", readme, re.S).group(1)
+    assert block.count("--epochs 5") == 2
+    # the README's commands as written, with a tiny CNN that learns 16 px shapes in seconds
+    block = block.replace("--epochs 5", "--epochs 12 --width 8 --depth 2 --batch-size 16 --lr 0.01")
+    make_class_folder(tmp_path / "labelled", per_class=20)
+    for kind in ("circle", "square", "stripe"):
+        for i in range(3):
+            make_image(tmp_path / "pool" / f"{kind}-{i}.png", kind, seed=500 + i)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1", "IMGCLS_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len([p for p in proc.stdout.splitlines() if p.startswith("pool/")]) == 9  # the --sort margin listing
+    pseudo = read_jsonl((tmp_path / "pseudo.jsonl").read_text())
+    assert pseudo and all(r["split"] == "train" and r["pseudo"] is True for r in pseudo)
+    assert "accuracy" in proc.stderr  # eval's report of the retrained model

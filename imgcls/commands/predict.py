@@ -10,7 +10,7 @@ import click
 
 from imgcls.commands._common import common_options
 from imgcls.commands._onnx import onnx_options
-from imgcls.evaluation.predicting import CACHE_MIN_IMAGES
+from imgcls.evaluation.predicting import CACHE_MIN_IMAGES, SORT_KEYS
 
 
 @click.command("predict")
@@ -23,6 +23,11 @@ from imgcls.evaluation.predicting import CACHE_MIN_IMAGES
               help="One JSON line per image even on a terminal (the default when stdout is piped): "
                    '{"path", "label", "prob", "top_k": [{"label", "prob"}, ...]}; an unreadable image gives '
                    '{"path", "error", "reason"}.')
+@click.option("--sort", "sort_by", type=click.Choice(SORT_KEYS), default="input", show_default=True,
+              help="Order of the output. margin: smallest gap between the two most probable labels first; "
+                   "entropy: most uncertain over all classes first (active labelling: label these first). "
+                   "Both add \"margin\" and \"entropy\" to each line; unreadable images come last. "
+                   "Sorting waits for the last image.")
 @click.option("--table", "as_table", is_flag=True, help="A table for people even when stdout is piped.")
 @click.option("--tta", is_flag=True,
               help="Test-time augmentation: average the softmax over views the model was trained to see: the "
@@ -50,7 +55,7 @@ from imgcls.evaluation.predicting import CACHE_MIN_IMAGES
                    "writing the cache.")
 @onnx_options
 @common_options
-def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: bool, as_table: bool, tta: bool,
+def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: bool, sort_by: str, as_table: bool, tta: bool,
             explain_dir: Path | None, batch_size: int, workers: int | None, device: str, cache_dir: Path | None,
             no_cache: bool, overrides) -> None:
     """Predict labels of images with a trained model.
@@ -136,12 +141,19 @@ def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: boo
     with progress_bar(len(paths), "predict", min_total=batch_size + 1) as advance:
         batches = predict_batches(net, minfo, paths, batch_size=batch_size, device=device, workers=workers, tta=policy,
                                   on_batch=advance, cache_dir=cache)
-        results = rows_in_order(batches, paths, minfo.classes, k)
+        results = rows_in_order(batches, paths, minfo.classes, k, scores=sort_by != "input")
         for row in explainer.annotate(results) if explainer else results:
             n_errors += "error" in row
-            if table_mode:
+            if table_mode or sort_by != "input":
                 rows.append(row)
             else:
+                click.echo(_json_line(row))
+    if sort_by != "input":
+        from imgcls.evaluation.predicting import sort_rows
+
+        rows = sort_rows(rows, sort_by)
+        if not table_mode:
+            for row in rows:
                 click.echo(_json_line(row))
     if table_mode:
         _print_table(rows, k)

@@ -69,6 +69,10 @@ def _class_list(ctx, param, value):
 @click.option("--dedup", is_flag=True, default=False,
               help="Keep one copy of identical images (first path in sorted order); the other copies "
                    "are rejected with reason 'duplicate'. Without it, all copies are kept in one split.")
+@click.option("--exclude", "exclude", multiple=True, metavar="FILE",
+              help="Leave out the images FILE names, before decoding: a manifest (e.g. the flagged records of "
+                   "imgcls audit: jq -c 'select(.audit)') or paths one per line. Matched by absolute path; "
+                   "the files themselves are not touched. Repeatable.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-",
               show_default=True, help="Write the manifest here (atomically: complete or not at all); - is stdout.")
 @click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False, writable=True), default=None,
@@ -96,7 +100,7 @@ def _class_list(ctx, param, value):
               help="With --sample/--import: write into a non-empty DEST (same-name files are replaced, "
                    "nothing is deleted). Without it DEST must be new, empty, or hold this same import.")
 @common_options
-def command(src, val, test, folds, classes, top, min_per_class, max_per_class, seed, resplit, dedup,
+def command(src, val, test, folds, classes, top, min_per_class, max_per_class, seed, resplit, dedup, exclude,
             output, rejects_path, relative, jobs, sample, import_format, class_names, coarse, force):
     """Check, deduplicate and split images into a manifest.
 
@@ -130,7 +134,7 @@ def command(src, val, test, folds, classes, top, min_per_class, max_per_class, s
     3+ images get at least one per requested split; a 1-image class is train only.
 
     \b
-    Order of work: --classes (before decoding), decode checks, duplicates,
+    Order of work: --exclude and --classes (before decoding), decode checks, duplicates,
     --min-per-class, --top, split, --max-per-class, --folds. Classes are sorted by
     name; input manifests keep their header order, folders written by --sample or
     --import keep the dataset's label order, and --classes sets its own.
@@ -175,7 +179,8 @@ def command(src, val, test, folds, classes, top, min_per_class, max_per_class, s
 
     options = PrepareOptions(val=val, test=test, folds=folds, classes=classes, top=top,
                              min_per_class=min_per_class, max_per_class=max_per_class, seed=seed,
-                             relative=relative, resplit=resplit, dedup=dedup, jobs=jobs or None)
+                             relative=relative, resplit=resplit, dedup=dedup, jobs=jobs or None,
+                             exclude=list(exclude))
     with _progress() as progress:
         result = prepare(sources, options, progress=progress, facts=facts)
 
@@ -278,6 +283,9 @@ def _report(result, output) -> None:
         if stats.loose:
             parts.append(f"{stats.loose} outside class folders")
         info(f"ignored: {', '.join(parts)}")
+    if stats.excluded or stats.exclude_unmatched:
+        info(f"--exclude: left out {stats.excluded} image(s)"
+             + (f"; {stats.exclude_unmatched} listed path(s) matched no input image" if stats.exclude_unmatched else ""))
     if stats.same_file_twice:
         info(f"{stats.same_file_twice} file(s) named twice in the input were kept once")
     if stats.duplicate_groups:

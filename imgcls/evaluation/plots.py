@@ -124,21 +124,30 @@ def reliability_diagram(report: dict[str, Any], path: Path) -> Path:
 
 def contact_sheet(report: dict[str, Any], path: Path, thumb: int = 128, columns: int = 5) -> Path | None:
     """The most confident mistakes as thumbnails captioned true -> pred (p); Pillow only."""
+    mistakes = report["errors"]["most_confident"]
+    if not mistakes:
+        return None
+    items = [(e["path"], f"{e['true'][:14]} ->", f"{e['pred'][:12]} {e['prob']:.2f}") for e in mistakes]
+    return captioned_sheet(items, path, thumb=thumb, columns=columns)
+
+
+def captioned_sheet(items: list[tuple[str, str, str]], path: Path, thumb: int = 128, columns: int = 5) -> Path:
+    """Thumbnails of (image path, black caption line, red caption line) in a grid, as a PNG; Pillow only.
+
+    Shared by eval's worst errors and audit's suspects. An unreadable image leaves a grey frame.
+    """
     from PIL import Image, ImageDraw
 
     from imgcls.images import ImageRejected, open_image, to_mode
 
-    mistakes = report["errors"]["most_confident"]
-    if not mistakes:
-        return None
     caption = 30
-    rows = (len(mistakes) + columns - 1) // columns
+    rows = max(1, (len(items) + columns - 1) // columns)
     sheet = Image.new("RGB", (columns * thumb, rows * (thumb + caption)), "white")
     draw = ImageDraw.Draw(sheet)
-    for k, e in enumerate(mistakes):
+    for k, (image_path, first, second) in enumerate(items):
         x, y = (k % columns) * thumb, (k // columns) * (thumb + caption)
         try:
-            img = to_mode(open_image(e["path"]), 3)
+            img = to_mode(open_image(image_path), 3)
             inner = thumb - 8  # a white gap between neighbours
             scale = min(inner / img.width, inner / img.height)
             size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
@@ -147,8 +156,8 @@ def contact_sheet(report: dict[str, Any], path: Path, thumb: int = 128, columns:
             sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
         except ImageRejected:
             draw.rectangle([x + 2, y + 2, x + thumb - 3, y + thumb - 3], outline="grey")
-        draw.text((x + 3, y + thumb + 2), f"{e['true'][:14]} ->", fill="black")
-        draw.text((x + 3, y + thumb + 15), f"{e['pred'][:12]} {e['prob']:.2f}", fill="red")
+        draw.text((x + 3, y + thumb + 2), first, fill="black")
+        draw.text((x + 3, y + thumb + 15), second, fill="red")
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
     return path

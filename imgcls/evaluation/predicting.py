@@ -135,12 +135,39 @@ def gather_inputs(inputs: Sequence[str], stdin: TextIO | None = None) -> tuple[l
     return paths, notes
 
 
-def result_row(path: str, probs: Sequence[float], classes: Sequence[str], top_k: int) -> dict[str, Any]:
-    """{"path", "label", "prob", "top_k": [{"label", "prob"}, ...]} for one image."""
+SORT_KEYS = ("input", "margin", "entropy")  # predict --sort
+
+
+def uncertainty(probs: Sequence[float]) -> dict[str, float]:
+    """margin: top probability minus the second (small = torn between two labels); entropy in nats of all
+    classes (large = unsure among many). What active labelling ranks by."""
+    import math
+
+    ranked = sorted((float(p) for p in probs), reverse=True)
+    margin = ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0)
+    entropy = -sum(p * math.log(p) for p in ranked if p > 0)
+    return {"margin": margin, "entropy": max(0.0, entropy)}
+
+
+def result_row(path: str, probs: Sequence[float], classes: Sequence[str], top_k: int,
+               scores: bool = False) -> dict[str, Any]:
+    """{"path", "label", "prob", "top_k": [{"label", "prob"}, ...]} for one image (``scores``: plus margin, entropy)."""
     order = sorted(range(len(classes)), key=lambda i: -probs[i])[: max(1, top_k)]
     best = order[0]
-    return {"path": path, "label": classes[best], "prob": float(probs[best]),
-            "top_k": [{"label": classes[i], "prob": float(probs[i])} for i in order]}
+    row = {"path": path, "label": classes[best], "prob": float(probs[best]),
+           "top_k": [{"label": classes[i], "prob": float(probs[i])} for i in order]}
+    if scores:
+        row.update(uncertainty(probs))
+    return row
+
+
+def sort_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """Most worth labelling first: smallest margin or largest entropy; ties in input order; errors last."""
+    if key == "input":
+        return rows
+    sign = 1.0 if key == "margin" else -1.0
+    good = [r for r in rows if "error" not in r]
+    return sorted(good, key=lambda r: sign * r[key]) + [r for r in rows if "error" in r]
 
 
 def error_row(path: str, reason: str, message: str) -> dict[str, Any]:
@@ -148,10 +175,11 @@ def error_row(path: str, reason: str, message: str) -> dict[str, Any]:
     return {"path": path, "error": message, "reason": reason}
 
 
-def rows_in_order(batches: Iterable, paths: Sequence[str], classes: Sequence[str], top_k: int) -> Iterable[dict]:
+def rows_in_order(batches: Iterable, paths: Sequence[str], classes: Sequence[str], top_k: int,
+                  scores: bool = False) -> Iterable[dict]:
     """Result and error rows of ``predict_batches`` output, merged back into input order."""
     for batch in batches:
-        rows = [(i, result_row(paths[i], p, classes, top_k)) for i, p in zip(batch.indices, batch.probs)]
+        rows = [(i, result_row(paths[i], p, classes, top_k, scores)) for i, p in zip(batch.indices, batch.probs)]
         rows += [(e.index, error_row(paths[e.index], e.reason, e.message)) for e in batch.errors]
         for _, row in sorted(rows, key=lambda pair: pair[0]):
             yield row
