@@ -148,21 +148,12 @@ def _builder(arch: str) -> Callable:
     def build(num_classes: int, in_channels: int = 3, dropout: float = 0.2, pretrained: bool = False,
               weights: Any = None, image_size: int | None = None):
         from imgcls.models.classifier import Classifier
-        from imgcls.models.weights import (Pretrained, load_backbone_state, read_weights_file, resolve_pretrained,
-                                           strip_prefixes)
+        from imgcls.models.weights import builder_weights, load_backbone_state, strip_prefixes
 
         if in_channels != 3:
             raise UsageProblem(f"{arch} takes 3-channel input (grayscale images are converted to RGB), not {in_channels}")
         net, dim, blocks, cfg = build_backbone(arch, image_size)
-        pre: Pretrained | None
-        if isinstance(weights, Pretrained):
-            pre = weights
-        elif isinstance(weights, dict):
-            pre = Pretrained(state_dict=weights, source="state dict")
-        elif weights is not None:
-            pre = read_weights_file(weights)
-        else:
-            pre = resolve_pretrained(arch, pretrained=pretrained)
+        pre = builder_weights(arch, weights, pretrained)
         if pre is not None:
             state = strip_prefixes(pre.state_dict)
             filter_fn = _filter_fn(split_name(arch)[0])

@@ -308,20 +308,12 @@ def _adapt_state(arch: str, net: nn.Module, state: dict[str, Any]) -> dict[str, 
 def _builder(arch: str) -> Callable[..., Classifier]:
     def build(num_classes: int, in_channels: int = 3, dropout: float = 0.2, pretrained: bool = False,
               weights: Any = None, image_size: int | None = None) -> Classifier:
-        from imgcls.models.weights import Pretrained, load_backbone_state, read_weights_file, resolve_pretrained
+        from imgcls.models.weights import builder_weights, load_backbone_state
 
         if in_channels != 3:
             raise UsageProblem(f"{arch} takes 3-channel input (grayscale images are converted to RGB), not {in_channels}")
         net, feature_dim, prefixes, blocks, _ = build_backbone(arch, image_size)
-        pre: Pretrained | None
-        if isinstance(weights, Pretrained):
-            pre = weights
-        elif isinstance(weights, dict):
-            pre = Pretrained(state_dict=weights, source="state dict")
-        elif weights is not None:
-            pre = read_weights_file(weights)
-        else:
-            pre = resolve_pretrained(arch, pretrained=pretrained)
+        pre = builder_weights(arch, weights, pretrained)
         if pre is not None:
             load_backbone_state(net, _adapt_state(arch, net, pre.state_dict), prefixes, arch, pre.source)
         model = Classifier(net, feature_dim, num_classes, dropout, blocks=blocks)

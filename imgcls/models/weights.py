@@ -331,3 +331,15 @@ def cache_status(arch: str) -> str:
     if weights is None:
         return "no"
     return "cached" if cache_file_for(weights).exists() else "download"
+
+
+def builder_weights(arch: str, weights: Any, pretrained: bool) -> Pretrained | None:
+    """What a builder's ``weights`` argument stands for: resolved weights, a state dict, a file, or
+    (None) the architecture's own pretrained weights when ``pretrained``."""
+    if isinstance(weights, Pretrained):
+        return weights
+    if isinstance(weights, dict):
+        return Pretrained(state_dict=weights, source="state dict")
+    if weights is not None:
+        return read_weights_file(weights)
+    return resolve_pretrained(arch, pretrained=pretrained)
