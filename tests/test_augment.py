@@ -174,6 +174,29 @@ def test_augment_presets_have_the_documented_ops():
     assert A.describe_pipeline(A.PRESETS["light"]) == "flip:h,shift:0.08"
     assert A.describe_pipeline(A.PRESETS["standard"]) == "flip:h,rotate:15,shift:0.1,zoom:0.1"
     assert A.describe_pipeline(A.PRESETS["strong"]) == "flip:h,rotate:15,shift:0.1,zoom:0.1,trivial"
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| presets |"))
+    for name in ("light", "standard"):
+        assert f"{name} = `{A.describe_pipeline(A.PRESETS[name])}`" in row, name
+
+
+def test_augment_presets_are_the_twins_of_train_augment(invoke):
+    """The offline presets apply train --augment's magnitudes; --preset's help states them."""
+    from imgcls.training.augment import preset
+    from imgcls.training.config import AUGMENTS, describe_augment_preset
+
+    assert set(A.PRESETS) == set(AUGMENTS) - {"none"}
+    by_op = {"rotate": "rotation", "shift": "shift", "zoom": "zoom"}
+    for name, ops in A.PRESETS.items():
+        spec = preset(name)
+        offline = {by_op[op.name]: op.magnitude for op in ops if op.name in by_op}
+        assert offline == {k: getattr(spec, k) for k in by_op.values() if getattr(spec, k)}, name
+        assert any(op.name == "flip" for op in ops) == spec.flip, name
+        assert any(op.name == "trivial" for op in ops) == (spec.policy == "trivialaugment"), name
+        assert not preset(name, flip=False).flip
+    text = " ".join(invoke(["augment", "--help"]).stdout.split())
+    for name in A.PRESETS:
+        assert f"{name} = {describe_augment_preset(name)}" in text, name
 
 
 def test_augment_parse_ops_syntax():

@@ -26,7 +26,7 @@ from imgcls.errors import DataError, UsageProblem
 from imgcls.manifest import Header, Record, manifest_hash
 from imgcls.training import distributed
 from imgcls.training._console import detail, info, warn
-from imgcls.training.config import FINETUNE_RECIPE, TrainConfig
+from imgcls.training.config import BACKBONE_LR_RATIO, FINETUNE_RECIPE, TrainConfig, learning_rates
 from imgcls.training.data import (Feeder, FeatureFeeder, ImageSet, Splits, extract_features, infer_geometry,
                                   split_records)
 from imgcls.training.loop import FitResult, Trainer, resolve_device
@@ -1029,14 +1029,15 @@ def read_parent_history(model_path: Path) -> list[dict[str, Any]]:
 
 
 def finetune(header: Header, records: Sequence[Record], root: Path, model_path: str | Path,
-             overrides: dict[str, Any], *, unfreeze: int | None, backbone_lr_ratio: float | None = 0.1,
+             overrides: dict[str, Any], *, unfreeze: int | None, backbone_lr_ratio: float | None = BACKBONE_LR_RATIO,
              out: Path | str | None = None, callbacks: Sequence[Callable[..., None]] = (),
              name: str = "manifest") -> RunResult:
     """Continue training a saved model with the last ``unfreeze`` blocks trainable (None: all).
 
     Configuration is inherited from the parent model's training config, then ``overrides``
-    (None values mean "inherit"). The backbone learns at ``backbone_lr`` or
-    ``lr * backbone_lr_ratio``.
+    (None values mean "inherit"), except the fine-tuning recipe and the rates of trained
+    weights (:func:`~imgcls.training.config.learning_rates`): the head learns at ``lr``
+    (default ``PRETRAINED_LR``), the backbone at ``backbone_lr`` or ``lr * backbone_lr_ratio``.
     """
     from imgcls.models.io import load_model, resolve_model_path
 
@@ -1059,8 +1060,9 @@ def finetune(header: Header, records: Sequence[Record], root: Path, model_path: 
         cfg = replace(cfg, freeze_bn=True)  # the parent's statistics fit this data (or ImageNet's fit its weights)
     # the fine-tuning recipe (warm-up + cosine, mixup, label smoothing), whatever the parent trained with
     cfg = replace(cfg, **{k: v for k, v in FINETUNE_RECIPE.items() if overrides.get(k) is None})
-    if overrides.get("backbone_lr") is None:
-        cfg = replace(cfg, backbone_lr=cfg.lr * backbone_lr_ratio if backbone_lr_ratio is not None else None)
+    lr, backbone_lr = learning_rates(overrides.get("lr"), overrides.get("backbone_lr"), backbone_lr_ratio,
+                                     from_pretrained=True, backbone_trains=True)
+    cfg = replace(cfg, lr=lr, backbone_lr=backbone_lr)
     splits = split_records(records, classes, cfg.seed, cfg.val_fraction, name)
     _check_blocks(model, unfreeze, "--unfreeze")
     torch.manual_seed(cfg.seed)
