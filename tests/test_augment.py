@@ -180,6 +180,23 @@ def test_augment_presets_have_the_documented_ops():
         assert f"{name} = `{A.describe_pipeline(A.PRESETS[name])}`" in row, name
 
 
+def test_augment_option_defaults_are_the_librarys():
+    """The command's defaults and --fill choices are augment_manifest's and imgcls.augment.FILLS."""
+    import inspect
+
+    from imgcls.commands.augment import command
+
+    options = {p.name: p for p in command.params}
+    library = inspect.signature(A.augment_manifest).parameters
+    for name in ("seed", "fill", "fmt", "jobs", "force", "balance", "per_class"):
+        assert options[name].default == library[name].default, name
+    assert options["copies"].default is None and library["copies"].default == 2  # None: 2, or 0 when balancing
+    assert tuple(options["fill"].type.choices) == A.FILLS
+    from imgcls.derived import FORMATS
+
+    assert set(options["fmt"].type.choices) == set(FORMATS)
+
+
 def test_augment_presets_are_the_twins_of_train_augment(invoke):
     """The offline presets apply train --augment's magnitudes; --preset's help states them."""
     from imgcls.training.augment import preset

@@ -67,6 +67,20 @@ def write_manifest(tmp: Path, n_per_split=(2, 1, 3), classes=("a", "b"), labels=
 
 
 # -- the library --------------------------------------------------------------------------------
+def test_perturb_option_defaults_are_the_librarys():
+    """The command's defaults are perturb_manifest's (the library run without the CLI behaves the same)."""
+    import inspect
+
+    from imgcls.commands.perturb import command
+
+    options = {p.name: p for p in command.params}
+    library = inspect.signature(P.perturb_manifest).parameters
+    for name in ("split", "clean", "seed", "fill", "jobs", "force"):
+        assert options[name].default == library[name].default, name
+    assert inspect.signature(P.perturb_image).parameters["fill"].default == library["fill"].default
+    assert options["severity_text"].default == f"{min(P.SEVERITIES)}-{max(P.SEVERITIES)}"
+
+
 def test_perturb_table_has_five_levels_per_family():
     assert set(P.SEVERITY_TABLE) == set(P.FAMILIES) == set(P.FAMILY_FUNCS)
     assert len(P.FAMILIES) == 15
