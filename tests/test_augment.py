@@ -359,7 +359,7 @@ def test_augment_cli_refuses_non_empty_out_without_force(tmp_path, invoke):
     out.mkdir()
     (out / "mine.txt").write_text("user data")
     result = invoke(["augment", manifest, "--out", out])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "not empty" in result.stderr and "--force" in result.stderr and result.stdout == ""
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     result = invoke(["augment", manifest, "--out", out, "--force"])

@@ -315,7 +315,7 @@ def test_perturb_cli_refuses_non_empty_out_without_force(tmp_path, invoke):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     result = invoke(["perturb", manifest, "--out", out, "--kinds", "jpeg", "--severity", "3"])
-    assert result.exit_code == 1 and "--force" in result.stderr and result.stdout == ""
+    assert result.exit_code == 2 and "--force" in result.stderr and result.stdout == ""
     result = invoke(["perturb", manifest, "--out", out, "--kinds", "jpeg", "--severity", "3", "--force"])
     assert result.exit_code == 0 and (out / "keep.txt").read_text() == "x"
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from imgcls.devices import DEVICES_HELP
 from imgcls.errors import UsageProblem
 from imgcls.training.config import (AUGMENTS, CLASS_WEIGHTS, FINETUNE_EPOCHS, FINETUNE_RECIPE, OPTIMIZERS, SCHEDULES,
                                     TrainConfig, describe_augment_preset)
@@ -133,7 +134,7 @@ def loop_options(inherit: bool) -> Callable:
                  help="Seeds weights, data order, augmentation and a held-out validation split: the same seed "
                       "on the CPU gives identical weights."),
             _opt("--device", default=DEFAULTS.device, show_default=True,
-                 help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps. Under torchrun each "
+                 help=f"{DEVICES_HELP}. Under torchrun each "
                       "process takes the GPU of its LOCAL_RANK (nccl; gloo on the CPU)."),
             _opt("--amp/--no-amp", default=DEFAULTS.amp, show_default=True,
                  help="Mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler). "

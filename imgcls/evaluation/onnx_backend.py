@@ -74,10 +74,11 @@ def _threads() -> int:
         return 0
 
 
+ONNX_DEVICES_HELP = "auto (CUDA with onnxruntime-gpu, else the CPU), cpu, cuda or cuda:N"
+
+
 def resolve_device(name: str) -> str:
     """'auto' -> 'cuda' with onnxruntime's CUDA provider (onnxruntime-gpu), else 'cpu'; 'cuda[:N]' only with it."""
-    from imgcls.evaluation.inference import DEVICES_HELP
-
     name = (name or "auto").strip().lower()
     if name == "auto":
         ort = require_onnxruntime("an ONNX model")
@@ -90,7 +91,7 @@ def resolve_device(name: str) -> str:
             raise UsageProblem(f"--device {name}: this onnxruntime has no CUDA provider (install onnxruntime-gpu); "
                                f"use --device cpu (or auto)")
         return name
-    raise UsageProblem(f"--device {name!r}: expected {DEVICES_HELP}")
+    raise UsageProblem(f"--device {name!r}: expected {ONNX_DEVICES_HELP}")
 
 
 def _providers(ort, device: str) -> list:

@@ -36,25 +36,6 @@ from imgcls.training.ema import build_ema
 from imgcls.training.mix import build_mixer
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA, then Apple MPS, then the CPU. An explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageProblem(f"--device {name}: not a device (auto, cpu, cuda, cuda:N, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageProblem("--device cuda: no CUDA GPU is available to this PyTorch build")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageProblem("--device mps: Apple MPS is not available here")
-    return device
-
-
 def native_bf16(device: torch.device) -> bool:
     """bf16 in hardware (compute capability 8.0+: Ampere, Hopper...; ROCm GPUs).
 

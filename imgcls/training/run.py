@@ -29,7 +29,8 @@ from imgcls.training._console import detail, info, warn
 from imgcls.training.config import BACKBONE_LR_RATIO, FINETUNE_RECIPE, TrainConfig, learning_rates
 from imgcls.training.data import (Feeder, FeatureFeeder, ImageSet, Splits, extract_features, infer_geometry,
                                   split_records)
-from imgcls.training.loop import FitResult, Trainer, resolve_device
+from imgcls.devices import resolve_device
+from imgcls.training.loop import FitResult, Trainer
 from imgcls.training.rundir import RunDir, resolve_run
 
 SCRATCH_SIZE_RANGE = (8, 64)
