@@ -319,9 +319,9 @@ def apply_affine(img, forward: np.ndarray, fill: str = "edge") -> Any:
     a, b, c, d, e, f = coeffs
     # a signed permutation of the axes plus a whole-pixel offset: nearest neighbour is exact
     exact = all(abs(v - round(v)) < 1e-9 for v in coeffs) and sorted(abs(round(v)) for v in (a, b, d, e)) == [0, 0, 1, 1]
-    resample = Image.NEAREST if exact else Image.BILINEAR
+    resample = Image.Resampling.NEAREST if exact else Image.Resampling.BILINEAR
     if fill != "edge":
-        return img.transform(img.size, Image.AFFINE, tuple(coeffs), resample=resample, fillcolor=fill_colour(img, fill))
+        return img.transform(img.size, Image.Transform.AFFINE, tuple(coeffs), resample=resample, fillcolor=fill_colour(img, fill))
     w, h = img.size
     pad = (max(w, h) + 1) // 2
     arr = np.asarray(img)
@@ -332,7 +332,7 @@ def apply_affine(img, forward: np.ndarray, fill: str = "edge") -> Any:
     corners = [(a * x + b * y + coeffs[2], d * x + e * y + coeffs[5]) for x in (0, w) for y in (0, h)]
     inside = all(1 <= cx <= w + 2 * pad - 1 and 1 <= cy <= h + 2 * pad - 1 for cx, cy in corners)  # 1 px margin: bilinear
     colour = (0 if img.mode == "L" else (0, 0, 0)) if inside else fill_colour(img, "border")
-    return padded.transform(img.size, Image.AFFINE, tuple(coeffs), resample=resample, fillcolor=colour)
+    return padded.transform(img.size, Image.Transform.AFFINE, tuple(coeffs), resample=resample, fillcolor=colour)
 
 
 @functools.lru_cache(maxsize=64)

@@ -79,8 +79,8 @@ def test_cli_domain_error_is_one_line_without_traceback(tmp_path):
         (tmp_path / "file" / "sub").mkdir()
 
     # these test commands are added to a fresh group, so list/get must see them
-    group.list_commands = lambda ctx: ["bad", "usage", "crash", "nofolder"]  # type: ignore[method-assign]
-    group.get_command = lambda ctx, name: click.Group.get_command(group, ctx, name)  # type: ignore[method-assign]
+    group.list_commands = lambda ctx: ["bad", "usage", "crash", "nofolder"]
+    group.get_command = lambda ctx, name: click.Group.get_command(group, ctx, name)
     runner = CliRunner()
     res = runner.invoke(group, ["bad"])
     assert res.exit_code == 1

@@ -24,10 +24,10 @@ def digit(size: int = 28, mode: str = "L", light_background: bool = False) -> Im
     r = np.hypot(yy - size * 0.45, xx - size * 0.5)
     a = np.where((r > size * 0.2) & (r < size * 0.3), 230.0, 0.0)
     a[int(size * 0.6):int(size * 0.85), int(size * 0.45):int(size * 0.55)] = 200.0
-    a = Image.fromarray(a.astype(np.uint8), "L").filter(ImageFilter.GaussianBlur(0.6))
+    img = Image.fromarray(a.astype(np.uint8), "L").filter(ImageFilter.GaussianBlur(0.6))
     if light_background:
-        a = Image.fromarray(255 - np.asarray(a), "L")
-    return a.convert(mode) if mode != "L" else a
+        img = Image.fromarray(255 - np.asarray(img), "L")
+    return img.convert(mode) if mode != "L" else img
 
 
 def px(img) -> np.ndarray:

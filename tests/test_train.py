@@ -965,7 +965,7 @@ def test_train_logreg_head_chooses_c_by_val_split_or_hold_out_when_folds_cannot(
     xb, yb = _blobs(20)
     assert heads.fit_logreg(xb, yb, 3).info["selection"] == "20% hold-out"
     # augmented views of an image stay in one fold: groups, not rows, are split
-    x4, y4 = np.concatenate([xb, xb + 0.01]), np.concatenate([yb, yb])
+    y4 = np.concatenate([yb, yb])  # the labels of two views per image (only the split is under test)
     groups = np.tile(np.arange(len(yb)), 2)
     splits, how = heads._splits(y4, groups, 0)
     assert how == "20% hold-out"

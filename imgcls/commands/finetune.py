@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 
 import click
 
@@ -52,7 +53,7 @@ class Unfreeze(click.ParamType):
               help="Continue an interrupted fine-tuning run from its last checkpoint (same as imgcls train --resume).")
 @common_options
 def command(manifest: str, model: str | None, unfreeze: int | str, lr: float, backbone_lr: float | None,
-            backbone_lr_ratio: float, resume: str | None, **loop: object) -> None:
+            backbone_lr_ratio: float, resume: str | None, **loop: Any) -> None:
     """Fine-tune a trained model: unfreeze the last N backbone blocks and train on.
 
     Takes the model from --model or from the manifest header that imgcls train

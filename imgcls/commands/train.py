@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -10,7 +11,10 @@ from imgcls.commands._training import (DEFAULTS, check_run_outputs, continue_run
                                        emit_manifest, loop_options, parse_floats_option, report_result)
 from imgcls.models.catalog import arch_help
 from imgcls.models.heads import DEFAULT_FROZEN_HEAD, HEADS
-from imgcls.training.config import BACKBONE_LR_RATIO, FINETUNE_RECIPE, PRETRAINED_LR, learning_rates
+from imgcls.training.config import BACKBONE_LR_RATIO, FINETUNE_RECIPE, PRETRAINED_LR, TrainConfig, learning_rates
+
+if TYPE_CHECKING:
+    from imgcls.manifest import ManifestReader
 
 HEAD_HELP = (
     "How the head of a frozen backbone (--freeze) is made from its features, which are computed once. "
@@ -150,7 +154,7 @@ def _timm_rows(pattern: str) -> list[dict]:
     return rows
 
 
-def _find_lr(header: dict, records: list, reader: object, cfg: object, plot: str | None) -> None:
+def _find_lr(header: dict, records: list, reader: ManifestReader, cfg: TrainConfig, plot: str | None) -> None:
     """--find-lr: the sweep's JSON on stdout, the suggestion on stderr, the curve in ``plot``."""
     import json
 
@@ -158,7 +162,7 @@ def _find_lr(header: dict, records: list, reader: object, cfg: object, plot: str
     from imgcls.training._console import info
     from imgcls.training.run import find_lr
 
-    result = find_lr(header, records, reader.root, cfg, name=reader.name)  # type: ignore[attr-defined]
+    result = find_lr(header, records, reader.root, cfg, name=reader.name)
     written = str(lr_find.write_plot(result, plot)) if plot else None
     doc = result.to_json(written)
     sugg = doc["suggestions"]
@@ -259,7 +263,7 @@ def command(manifest: str, arch: str, list_archs: str | None, as_json: bool, ima
             mean: str | None, std: str | None, freeze: bool, head: str | None,
             feature_views: int, width: int | None, depth: int | None, hidden: int | None, block_dropout: float | None, dropout: float,
             lr: float | None, backbone_lr: float | None, backbone_lr_ratio: float, freeze_epochs: int,
-            find_lr: bool, find_lr_plot: str | None, resume: str | None, **loop: object) -> None:
+            find_lr: bool, find_lr_plot: str | None, resume: str | None, **loop: Any) -> None:
     """Train a classifier on a manifest's train split, selecting it on the val split.
 
     Reads the manifest (from prepare) from MANIFEST or stdin and writes a run folder
@@ -345,7 +349,7 @@ def command(manifest: str, arch: str, list_archs: str | None, as_json: bool, ima
             pretrained=pretrained, weights=weights, weights_name=weights_name, arch_options=options, dropout=dropout,
             trainable_blocks=0 if freeze else None, head=head, feature_views=feature_views, lr=lr,
             backbone_lr=backbone_lr, freeze_epochs=freeze_epochs,
-            **loop,  # type: ignore[arg-type]
+            **loop,
         )
         if find_lr:
             _find_lr(header, records, reader, cfg, find_lr_plot)

@@ -329,6 +329,7 @@ def decode_all(
         if errors:
             bad = errors[0]
             raise DataError(f"{bad.path}: {bad.message}")
+        assert array is not None  # None only when every image of the batch failed
         out[indices] = array
         if on_batch is not None:
             on_batch(len(indices))

@@ -151,6 +151,7 @@ def _info_from_overrides(path: Path, overrides: ModelOverrides, channels: int | 
     if missing:
         raise ModelError(f"{path}: an ONNX file without imgcls metadata (not written by imgcls export): "
                          f"pass {' and '.join(missing)} to run it")
+    assert overrides.classes is not None and image_size is not None  # else missing
     try:
         classes = check_classes(list(overrides.classes), "--classes")
     except FieldProblem as exc:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -124,7 +125,7 @@ def augmentation_record(name: str, flip: bool, prior: dict | None = None) -> dic
     model fine-tuned without flips still saw flipped images in its first phase.
     """
     spec = preset(name, flip)
-    record = {"preset": name, "flip": spec.flip, "shift": spec.shift, "rotation": spec.rotation, "zoom": spec.zoom}
+    record: dict[str, Any] = {"preset": name, "flip": spec.flip, "shift": spec.shift, "rotation": spec.rotation, "zoom": spec.zoom}
     if prior:
         record["flip"] = bool(record["flip"] or prior.get("flip"))
         for key in ("shift", "rotation", "zoom"):

@@ -16,7 +16,7 @@ CLASS_WEIGHTS = ("none", "auto")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # Fine-tuning trained weights (finetune; train from pretrained weights without --freeze): these settings
 # unless given, whatever the parent used. Chosen by the recipes study (docs/benchmarks.md).
-FINETUNE_RECIPE = {"schedule": "onecycle", "mixup": 0.2, "label_smoothing": 0.1}
+FINETUNE_RECIPE: dict[str, Any] = {"schedule": "onecycle", "mixup": 0.2, "label_smoothing": 0.1}
 FINETUNE_EPOCHS = 10  # finetune's --epochs (train's is TrainConfig.epochs)
 
 # The learning-rate rule. From scratch: TrainConfig.lr. From trained weights (pretrained backbones, finetune):

@@ -135,7 +135,7 @@ class _ShardFeeder:
     def __init__(self, feeder: Any, order: torch.Tensor):
         self.feeder, self.order, self.device = feeder, order, feeder.device
 
-    def batches(self):
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in self.feeder.batches(self.order):
             if y.shape[0]:
                 yield x, y
@@ -191,7 +191,7 @@ class Session:
             # Fixed input sizes: let cuDNN pick the fastest convolution algorithms once.
             torch.backends.cudnn.benchmark = True
 
-    def prepare(self) -> Trainer:
+    def prepare(self) -> Trainer | None:
         """Decode images, build feeders (or cached features) and the trainer. No files are written yet."""
         from imgcls.cache import resolve_cache_dir
         from imgcls.training.augment import preset
@@ -309,7 +309,7 @@ class Session:
         paths = {name: [resolve_path(r, self.root) for r in recs] for name, recs in records.items()}
         shas = {name: [r.get("sha256") for r in recs] for name, recs in records.items()}
         specs = [None if v is None else view_spec(cfg.augment, augment, cfg.seed, v) for v in views]
-        wanted = [("val", None, store.key(paths["val"], shas["val"], None))]
+        wanted: list[tuple[str, int | None, Any]] = [("val", None, store.key(paths["val"], shas["val"], None))]
         wanted += [("train", view, store.key(paths["train"], shas["train"], spec)) for view, spec in zip(views, specs)]
         found = {key: store.lookup(key) for _, _, key in wanted}
         lookup_s = time.perf_counter() - t0
@@ -468,6 +468,7 @@ class Session:
         from imgcls.training.checkpoint import checkpoint_payload
 
         trainer = self.trainer
+        assert trainer is not None
         state = trainer.checkpoint_state()
         state.update(classes=self.classes, manifest_hash=self.mhash)
         if self.run_config is not None:
@@ -486,7 +487,8 @@ class Session:
         from imgcls.training.checkpoint import write_checkpoint
 
         assert self.run is not None
-        if self._pending_model is not None and model and self.trainer.best_state is not None:
+        if (self._pending_model is not None and model and self.trainer is not None
+                and self.trainer.best_state is not None):
             self.save_model(extra=self._pending_model, state=self.trainer.best_state)
         self._pending_model = None
         if self._pending_checkpoint is not None:
@@ -507,10 +509,12 @@ class Session:
         import signal
         import threading
 
+        trainer = self.trainer
+        assert trainer is not None
         handled = (not self.dist.enabled and threading.current_thread() is threading.main_thread()
                    and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
         if not handled:
-            return self.trainer.fit()
+            return trainer.fit()
 
         def on_sigterm(signum: int, frame: Any) -> None:
             self.stop_signal = signum
@@ -518,7 +522,7 @@ class Session:
 
         signal.signal(signal.SIGTERM, on_sigterm)
         try:
-            return self.trainer.fit()
+            return trainer.fit()
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
@@ -549,7 +553,7 @@ class Session:
         final = trainer.best_state is not None and not result.interrupted
         if final:
             trainer.restore_best()
-            extra = {"best_epoch": result.best_epoch, "epochs_run": self.epoch_offset + result.epochs_run,
+            extra: dict[str, Any] = {"best_epoch": result.best_epoch, "epochs_run": self.epoch_offset + result.epochs_run,
                      "stopped_early": result.stopped_early,
                      "val_loss": result.best_val_loss if math.isfinite(result.best_val_loss) else None}
             best = [h for h in result.history if h["epoch"] == result.best_epoch]
@@ -595,8 +599,10 @@ class Session:
             y = labels.cpu().repeat(len(views)).numpy()
             groups = np.tile(np.arange(n), len(views))
             val = (self.val_feed.features.float().cpu().numpy(), self.val_feed.labels.cpu().numpy())
-            with _fit_progress(cfg.head) as progress, self._sigterm_stops():
-                fit = FITTERS[cfg.head](x, y, len(self.classes), val=val, groups=groups,
+            head = cfg.head
+            assert head is not None  # a closed-form head (logreg, ncm)
+            with _fit_progress(head) as progress, self._sigterm_stops():
+                fit = FITTERS[head](x, y, len(self.classes), val=val, groups=groups,
                                         class_weight=cfg.class_weights, seed=cfg.seed, progress=progress)
             linear = model.head[1]
             with torch.no_grad():
@@ -973,6 +979,7 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
     session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, callbacks=callbacks,
                       run_config=run_cfg, prior_augmentation=_parent_augmentation(cfg.parent))
     trainer = session.prepare()
+    assert trainer is not None  # a run with a checkpoint trains by SGD (heads fitted in one step write none)
     best_state = None
     if run.model_path.exists():
         try:
@@ -1086,6 +1093,7 @@ def finetune(header: Header, records: Sequence[Record], root: Path, model_path: 
          f"run folder: {run.path}")
     # The starting point counts as "best so far" (baseline), so the run folder holds a usable model at once.
     if session.is_main:
+        assert session.trainer is not None  # an SGD-trained head (finetune never fits one in one step)
         session.save_model(extra={"best_epoch": session.trainer.baseline_epoch})
     return session.finish()
 
