@@ -1,12 +1,12 @@
 # Two commands for a fresh machine (see README.md):
 #   make demo   installs into .venv, then runs prepare | train | eval and predict on the built-in sample
-#   make test   installs into .venv (with the test extra), then runs the test suite
+#   make test   installs into .venv (with the test extra), then runs ruff, mypy and the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= demo
 
-.PHONY: install test test-all demo man clean
+.PHONY: install lint test test-all demo man clean
 
 $(BIN)/.imgcls-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ $(BIN)/.imgcls-installed: pyproject.toml
 
 install: $(BIN)/.imgcls-installed
 
-test: install
+# ruff and mypy read their settings from pyproject.toml ([tool.ruff], [tool.mypy]).
+lint: install
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-all: install
