@@ -1380,3 +1380,19 @@ def test_train_recipe_option_defaults_come_from_the_config(invoke, manifest, tmp
                    "--weights", str(tmp_path / "s" / "model.safetensors"))
     assert tuned.exit_code == 0, tuned.stderr
     assert {k: read_model_info(tmp_path / "p").config[k] for k in FINETUNE_RECIPE} == FINETUNE_RECIPE
+
+
+def test_train_frozen_backbone_features_are_computed_without_autograd():
+    """extract_features runs under no_grad: a frozen backbone's features keep no graph (memory, speed)."""
+    from imgcls.models import get_model
+    from imgcls.training.data import extract_features
+
+    class Batches:
+        device = torch.device("cpu")
+
+        def batches(self):
+            yield torch.randn(3, 1, 12, 12), torch.zeros(3, dtype=torch.long)
+
+    model = get_model("cnn", num_classes=2, in_channels=1, pretrained=False, width=4, depth=2)
+    features = extract_features(model, Batches())
+    assert features.shape == (3, model.feature_dim) and not features.requires_grad

@@ -445,7 +445,6 @@ class FeatureFeeder:
             yield self.features[idx], self.labels[idx]
 
 
-@torch.no_grad()
 class ImageBatches(Protocol):
     """What :func:`extract_features` reads: normalised (images, labels) batches in file order, on ``device``."""
 
@@ -454,6 +453,7 @@ class ImageBatches(Protocol):
     def batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
+@torch.no_grad()
 def extract_features(model: Any, feeder: ImageBatches, amp: Any = None) -> torch.Tensor:
     """Run the (frozen, eval-mode) backbone once over every image, in file order."""
     was_training = model.training
