@@ -69,7 +69,9 @@ class Precision:
 
     @property
     def label(self) -> str:
-        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32") if self.dtype else "fp32"
+        if self.dtype is None:
+            return "fp32"
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
 
 
 def param_groups(model: Classifier, lr: float, weight_decay: float, backbone_lr: float | None = None) -> list[dict]:
