@@ -1,12 +1,12 @@
 # Two commands for a fresh machine (see README.md):
 #   make demo   installs into .venv, then runs prepare | train | eval and predict on the built-in sample
-#   make test   installs into .venv (with the test extra), then runs the test suite
+#   make test   installs into .venv (with the test extra), then runs ruff, mypy and the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= demo
 
-.PHONY: install test test-all demo man clean
+.PHONY: install lint test test-all demo man clean
 
 $(BIN)/.imgcls-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +16,17 @@ $(BIN)/.imgcls-installed: pyproject.toml
 
 install: $(BIN)/.imgcls-installed
 
-test: install
-	$(BIN)/python -m pytest -q
+# ruff and mypy read their settings from pyproject.toml ([tool.ruff], [tool.mypy]).
+lint: install
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
+
+# Two pytest-xdist workers: the suite is single-threaded per test (OMP_NUM_THREADS=1), and CI has 2 cores.
+test: lint
+	$(BIN)/python -m pytest -q -n 2
 
 test-all: install
-	$(BIN)/python -m pytest -q -m ''
+	$(BIN)/python -m pytest -q -n 2 -m ''
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} sh examples/demo.sh $(DEMO)

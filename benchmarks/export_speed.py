@@ -87,7 +87,7 @@ def bench_arch(arch: str, size: int, args, tmp: Path, imgcls: list[str], env: di
     seconds, proc = run([*imgcls, "export", str(st), "-o", str(onnx_path)], env)
     out["export_s"] = round(seconds, 2)
     out["export_line"] = proc.stderr.strip().splitlines()[-1]
-    out["check_line"] = next((l for l in proc.stderr.splitlines() if l.startswith("check:")), None)
+    out["check_line"] = next((line for line in proc.stderr.splitlines() if line.startswith("check:")), None)
     if not args.no_dynamo:
         seconds, proc = run([*imgcls, "export", str(st), "--exporter", "dynamo", "-o", str(folder / "dyn.onnx")], env)
         out["export_dynamo_s"] = round(seconds, 2)

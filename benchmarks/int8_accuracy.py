@@ -57,8 +57,9 @@ def case(name: str, prepare: str, train: str, tmp: Path, env: dict) -> dict:
                          "log_loss": round(report["metrics"]["log_loss"], 4),
                          "images_per_second": round(report["speed"]["images_per_second"], 1)}
     return {"case": name, "train": train, "n_test": document["models"][0]["n_images"], "models": models,
-            "export_float": [l for l in float_line if l.startswith("check:")],
-            "export_int8": [l for l in int8.stderr.splitlines() if l.startswith(("check:", "int8:", "calibrating"))]}
+            "export_float": [line for line in float_line if line.startswith("check:")],
+            "export_int8": [line for line in int8.stderr.splitlines()
+                            if line.startswith(("check:", "int8:", "calibrating"))]}
 
 
 def main() -> None:

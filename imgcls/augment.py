@@ -12,11 +12,10 @@ affine resampling, as Keras' ImageDataGenerator and torchvision's RandomAffine d
 image is interpolated once, not once per operation. A fused transform that maps pixels
 onto pixels (flips, whole-pixel shifts) is resampled with nearest neighbour: exact.
 
-The presets (:data:`PRESETS`) are the offline twins of ``imgcls train --augment``
-(``imgcls/training/augment.py``): ``light`` = horizontal flip + shift 0.08;
-``standard`` = Keras ImageDataGenerator-like rotation 15 deg, shift 0.1, zoom 0.1,
-horizontal flip; ``strong`` = standard + one op of TrivialAugmentWide with a random
-magnitude. Uncovered areas are filled from the nearest edge pixel by default, as train
+The presets (:data:`PRESETS`) are the offline twins of ``imgcls train --augment``, built
+from its definitions (:data:`imgcls.training.config.AUGMENT_PRESETS`): ``light`` flips and
+shifts; ``standard`` adds Keras ImageDataGenerator-like rotation and zoom; ``strong`` adds
+one op of TrivialAugmentWide with a random magnitude. Uncovered areas are filled from the nearest edge pixel by default, as train
 does (Keras' ``fill_mode="nearest"``). Two deliberate differences: shifts are whole
 pixels (a pure shift or flip stays exact, not blurred), and the transform is done with
 Pillow on the image, not on the normalised tensor.
@@ -35,6 +34,7 @@ import numpy as np
 
 from imgcls.derived import fill_colour, suggest
 from imgcls.errors import UsageProblem
+from imgcls.training.config import AUGMENT_PRESETS
 
 Transform = dict[str, Any]  # {"op": name, "params": {...}}
 
@@ -167,13 +167,21 @@ ALIASES = {
     "trivialaugment": "trivial", "hflip": "flip", "mirror": "flip",
 }
 
-# The offline twins of ``imgcls train --augment``; train may import these magnitudes.
-PRESETS: dict[str, tuple[OpSpec, ...]] = {
-    "light": (OpSpec("flip", "h"), OpSpec("shift", 0.08)),
-    "standard": (OpSpec("flip", "h"), OpSpec("rotate", 15.0), OpSpec("shift", 0.1), OpSpec("zoom", 0.1)),
-    "strong": (OpSpec("flip", "h"), OpSpec("rotate", 15.0), OpSpec("shift", 0.1), OpSpec("zoom", 0.1),
-               OpSpec("trivial")),
-}
+
+
+def _offline_twin(geometry: dict[str, Any]) -> tuple[OpSpec, ...]:
+    """The ops of a ``train --augment`` preset: flip, rotate, shift, zoom, then TrivialAugmentWide's one op."""
+    ops = [OpSpec("flip", "h")] if geometry.get("flip") else []
+    ops += [OpSpec(op, geometry[key]) for key, op in (("rotation", "rotate"), ("shift", "shift"), ("zoom", "zoom"))
+            if geometry.get(key)]
+    if geometry.get("policy") == "trivialaugment":
+        ops.append(OpSpec("trivial"))
+    return tuple(ops)
+
+
+# The offline twins of ``imgcls train --augment``: built from its presets, so the magnitudes are the same.
+PRESETS: dict[str, tuple[OpSpec, ...]] = {name: _offline_twin(geometry) for name, geometry in AUGMENT_PRESETS.items()
+                                          if geometry}
 
 OPS_SYNTAX = """\
 --ops is a comma-separated list applied in order, each item OP[:VALUE][@PROB]:
@@ -311,9 +319,9 @@ def apply_affine(img, forward: np.ndarray, fill: str = "edge") -> Any:
     a, b, c, d, e, f = coeffs
     # a signed permutation of the axes plus a whole-pixel offset: nearest neighbour is exact
     exact = all(abs(v - round(v)) < 1e-9 for v in coeffs) and sorted(abs(round(v)) for v in (a, b, d, e)) == [0, 0, 1, 1]
-    resample = Image.NEAREST if exact else Image.BILINEAR
+    resample = Image.Resampling.NEAREST if exact else Image.Resampling.BILINEAR
     if fill != "edge":
-        return img.transform(img.size, Image.AFFINE, tuple(coeffs), resample=resample, fillcolor=fill_colour(img, fill))
+        return img.transform(img.size, Image.Transform.AFFINE, tuple(coeffs), resample=resample, fillcolor=fill_colour(img, fill))
     w, h = img.size
     pad = (max(w, h) + 1) // 2
     arr = np.asarray(img)
@@ -324,7 +332,7 @@ def apply_affine(img, forward: np.ndarray, fill: str = "edge") -> Any:
     corners = [(a * x + b * y + coeffs[2], d * x + e * y + coeffs[5]) for x in (0, w) for y in (0, h)]
     inside = all(1 <= cx <= w + 2 * pad - 1 and 1 <= cy <= h + 2 * pad - 1 for cx, cy in corners)  # 1 px margin: bilinear
     colour = (0 if img.mode == "L" else (0, 0, 0)) if inside else fill_colour(img, "border")
-    return padded.transform(img.size, Image.AFFINE, tuple(coeffs), resample=resample, fillcolor=colour)
+    return padded.transform(img.size, Image.Transform.AFFINE, tuple(coeffs), resample=resample, fillcolor=colour)
 
 
 @functools.lru_cache(maxsize=64)

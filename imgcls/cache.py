@@ -109,7 +109,7 @@ def entry_key(kind: str, fingerprints: Sequence[str], *parts: object) -> str:
 
 
 def _crc(array: np.ndarray) -> int:
-    return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B")) & 0xFFFFFFFF
+    return zlib.crc32(np.ascontiguousarray(array).data.cast("B")) & 0xFFFFFFFF
 
 
 def load_entry(folder: Path, key: str) -> np.ndarray | None:
@@ -184,7 +184,7 @@ class EntryWriter:
         array = np.ascontiguousarray(array, dtype=self.dtype)
         if array.shape[1:] != self.shape[1:] or self.rows + len(array) > self.shape[0]:
             raise ValueError(f"rows of shape {array.shape} do not fit an entry of shape {self.shape}")
-        data = memoryview(array).cast("B")
+        data = array.data.cast("B")
         self.fh.write(data)
         self.crc = zlib.crc32(data, self.crc)
         self.rows += len(array)

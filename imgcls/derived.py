@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from imgcls.errors import DataError, ImgclsError, UsageProblem
+from imgcls.errors import DataError, ImgclsError, OutputNotEmpty, UsageProblem
 from imgcls.fsutil import pid_alive
 
 FORMATS = {"png": ".png", "jpg": ".jpg"}
@@ -173,7 +173,7 @@ class OutputDir:
 
                     shutil.rmtree(entry, ignore_errors=True)
             if kept and not force:
-                raise ImgclsError(
+                raise OutputNotEmpty(
                     f"--out {path}: folder is not empty"
                     "; choose a new folder or pass --force to write into it (files with the same names are replaced)"
                 )

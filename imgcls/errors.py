@@ -20,6 +20,13 @@ class UsageProblem(ImgclsError):
     exit_code = 2
 
 
+class OutputNotEmpty(UsageProblem):
+    """An output folder the user named (--out, DEST) already holds files: choose another, or --force where offered.
+
+    One type for every command, so the exit status (2, as any unusable option value) is the same everywhere.
+    """
+
+
 class DataError(ImgclsError):
     """Input data is wrong: an image, a folder, a manifest."""
 

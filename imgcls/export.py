@@ -33,9 +33,12 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgcls.errors import ImgclsError, ModelError, brief
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FORMATS = ("onnx", "torchscript")
 EXPORTERS = ("auto", "legacy", "dynamo")
@@ -175,8 +178,10 @@ def _export_legacy(wrapped, example) -> bytes:
         kwargs["dynamo"] = False
     buffer = io.BytesIO()
     axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
-    torch.onnx.export(wrapped, (example,), buffer, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                      dynamic_axes=axes, opset_version=ONNX_OPSET, do_constant_folding=True, **kwargs)
+    # torch's annotation says a path, its documentation (and the code) a path or a binary file object
+    torch.onnx.export(wrapped, (example,), buffer, input_names=[INPUT_NAME],  # type: ignore[arg-type]
+                      output_names=list(OUTPUT_NAMES), dynamic_axes=axes, opset_version=ONNX_OPSET,
+                      do_constant_folding=True, **kwargs)
     return buffer.getvalue()
 
 
@@ -190,6 +195,7 @@ def _export_dynamo(wrapped, example) -> bytes:
     program = torch.onnx.export(wrapped, (example,), None, dynamo=True, input_names=[INPUT_NAME],
                                 output_names=list(OUTPUT_NAMES), verbose=False,
                                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    assert program is not None  # dynamo=True returns the program
     return program.model_proto.SerializeToString()
 
 
@@ -385,6 +391,8 @@ def export_model(model, info, model_path: Path, config: ExportConfig,
                               f"{result.check.n_inputs} images is above the tolerance {config.tolerance:g} "
                               f"(nothing written)")
     if config.int8:
+        if calibration is None:
+            raise ValueError("an int8 export needs calibration images")
         stage("quantising to int8")
         export.update(float_model=str(Path(model_path).resolve()), quantization="static QDQ, per-channel int8 "
                       "weights, uint8 activations, min/max calibration", calibration_images=int(len(calibration)))

@@ -87,7 +87,7 @@ def sweep_stale_temps(folder: str | os.PathLike) -> list[Path]:
     """Remove imgcls temporary files in ``folder`` left by processes that died; returns them."""
     removed: list[Path] = []
     try:
-        entries = list(os.scandir(folder))
+        entries = list(os.scandir(os.fspath(folder)))
     except OSError:
         return removed
     for entry in entries:
@@ -266,6 +266,7 @@ def check_output(dest: str | os.PathLike, option: str | None = None,
     if target.kind == "fd":
         import fcntl
 
+        assert target.fd is not None  # kind "fd"
         try:
             flags = fcntl.fcntl(target.fd, fcntl.F_GETFL)
         except OSError:
@@ -288,7 +289,9 @@ def check_output(dest: str | os.PathLike, option: str | None = None,
 
 
 def _check_folder_writable(target: OutputTarget) -> None:
-    folder = target.path.parent  # type: ignore[union-attr]
+    path = target.path
+    assert path is not None  # kind "atomic"
+    folder = path.parent
     existing = folder
     while not existing.exists():
         if existing.parent == existing:
@@ -300,7 +303,7 @@ def _check_folder_writable(target: OutputTarget) -> None:
         if not os.access(existing, os.W_OK | os.X_OK):
             raise target.fail(f"cannot create folder {folder}: permission denied")
         return
-    probe = folder / f".{target.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"  # type: ignore[union-attr]
+    probe = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:

@@ -230,7 +230,7 @@ def image_to_uint8(img, image_size: int, channels: int):
 
     img = to_mode(img, channels)
     if img.size != (image_size, image_size):
-        img = img.resize((image_size, image_size), Image.BILINEAR)
+        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
     array = np.asarray(img, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]

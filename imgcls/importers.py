@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from imgcls.errors import DataError, UsageProblem
+from imgcls.errors import DataError, OutputNotEmpty, UsageProblem
 from imgcls.prepare import IMPORT_MARKER
 
 SAMPLES = ("digits",)
@@ -530,11 +530,11 @@ def materialise(parts: list[Part], class_names: list[str], dest: str | os.PathLi
             return ImportResult(dest, sum(expected.values()), classes, dict(expected), True, description)
         if not force:
             if previous:
-                raise DataError(f"{dest}: holds a different or incomplete import "
-                                f"({previous.get('description', '?')}); choose a new folder or delete this one "
-                                f"(--force writes into it but leaves the old files in place)")
-            raise DataError(f"{dest}: folder is not empty; choose a new folder, or pass --force to write into it "
-                            f"(files of the same name are replaced, nothing is deleted)")
+                raise OutputNotEmpty(f"{dest}: holds a different or incomplete import "
+                                     f"({previous.get('description', '?')}); choose a new folder or delete this one "
+                                     f"(--force writes into it but leaves the old files in place)")
+            raise OutputNotEmpty(f"{dest}: folder is not empty; choose a new folder, or pass --force to write into it "
+                                 f"(files of the same name are replaced, nothing is deleted)")
         target = dest
         staging = None
     else:

@@ -29,7 +29,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from imgcls.errors import ManifestError
 
@@ -180,10 +180,10 @@ def check_record(obj: Any, where: str) -> Record:
 class ManifestReader:
     """Streams a manifest: ``header`` is read on open, records on iteration.
 
-    ``source`` is a path, ``"-"`` for stdin, or an open text stream. Iterate once.
+    ``source`` is a path, ``"-"`` for stdin, or an open stream (text or bytes). Iterate once.
     """
 
-    def __init__(self, source: str | os.PathLike | TextIO, name: str | None = None):
+    def __init__(self, source: str | os.PathLike | IO[Any], name: str | None = None):
         self._own = False
         if isinstance(source, (str, os.PathLike)) and str(source) != "-":
             path = Path(source)

@@ -139,6 +139,13 @@ def render_page(name: str, section: int, summary: str, sections: dict[str, str])
     return "\n".join(head) + "\n"
 
 
+def _subcommand(group: click.Group, ctx: click.Context, name: str) -> click.Command:
+    command = group.get_command(ctx, name)
+    if command is None:  # list_commands named it: the command module failed to define one
+        raise LookupError(f"imgcls {name}: no such command")
+    return command
+
+
 def generate(src_dir: Path) -> dict[str, str]:
     """{file name: roff text} for imgcls.1, every subcommand and the manifest format."""
     from imgcls.cli import cli
@@ -157,7 +164,7 @@ def generate(src_dir: Path) -> dict[str, str]:
         "DESCRIPTION": body_to_roff(_help_text(cli)) + ("\n" + extra.pop("DESCRIPTION") if "DESCRIPTION" in extra else ""),
         "OPTIONS": options_roff(cli, root_ctx),
         "COMMANDS": "\n".join(
-            f".TP\n\\fBimgcls\\-{c}\\fR(1)\n{roff_escape(cli.get_command(root_ctx, c).get_short_help_str(80))}"
+            f".TP\n\\fBimgcls\\-{c}\\fR(1)\n{roff_escape(_subcommand(cli, root_ctx, c).get_short_help_str(80))}"
             for c in commands
         ),
         "SEE ALSO": ", ".join(f"\\fBimgcls\\-{c}\\fR(1)" for c in commands) + ", \\fBimgcls\\-manifest\\fR(5)",
@@ -166,7 +173,7 @@ def generate(src_dir: Path) -> dict[str, str]:
     pages["imgcls.1"] = render_page("imgcls", 1, "image classification on small data, as composable commands", sections)
 
     for name in commands:
-        command = cli.get_command(root_ctx, name)
+        command = _subcommand(cli, root_ctx, name)
         ctx = click.Context(command, info_name=f"imgcls {name}", parent=root_ctx, **command.context_settings)
         extra = hand_written(f"imgcls-{name}")
         # tables a command builds from its library's constants (ops, severities) cannot drift

@@ -211,7 +211,7 @@ def _paste_scaled(img, scale, fill, rng: np.random.Generator | None):
 
     w, h = img.size
     sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
-    small = img.resize((sw, sh), Image.BILINEAR)
+    small = img.resize((sw, sh), Image.Resampling.BILINEAR)
     canvas = Image.new(img.mode, img.size, fill_colour(img, fill))
     if rng is None:
         left, top = (w - sw) // 2, (h - sh) // 2
@@ -320,9 +320,9 @@ def _stroke(img, v, rng, fill, thicker: bool):
     up = 4 if short <= 64 else 2 if short <= 128 else 1
     r = max(1, int(round(radius * up)))
     grow = thicker == _background_is_dark(img)  # grow the bright parts?
-    big = img.resize((img.width * up, img.height * up), Image.BILINEAR) if up > 1 else img
+    big = img.resize((img.width * up, img.height * up), Image.Resampling.BILINEAR) if up > 1 else img
     big = Image.fromarray(morph(np.asarray(big), r, grow), img.mode)
-    out = big.resize(img.size, Image.BOX) if up > 1 else big
+    out = big.resize(img.size, Image.Resampling.BOX) if up > 1 else big
     return out, {"radius_px": round(radius, 4), "filter": ("max" if grow else "min"), "size": 2 * r + 1, "upscale": up}
 
 

@@ -96,7 +96,7 @@ class Item:
     """One candidate image on its way to becoming a record."""
 
     path: str  # absolute, symlinks not resolved (what the user sees)
-    label: str | None
+    label: str  # never None: unlabelled records are rejected when read
     split: str | None = None  # given by the layout or an input manifest
     fixed_from: str | None = None  # "folders" or "manifest" when ``split`` was given
     extra: dict[str, Any] = field(default_factory=dict)  # pass-through fields of a manifest record
@@ -472,7 +472,7 @@ def _split_pool(items: list[Item], groups: list[list[int]], val: Size, test: Siz
     """Assign train/val/test to ``groups`` (single-label), stratified per class, in place."""
     by_class: dict[str, list[list[int]]] = defaultdict(list)
     for g in groups:
-        by_class[items[g[0]].label].append(g)  # type: ignore[index]
+        by_class[items[g[0]].label].append(g)
     sizes = {c: sum(len(g) for g in gs) for c, gs in by_class.items()}
     test_t, val_t = _targets(sizes, test), _targets(sizes, val)
     for label in sorted(by_class):
@@ -509,7 +509,7 @@ def _assign_folds(items: list[Item], groups: list[list[int]], k: int, seed: int)
     """Stratified, group-aware k-fold assignment: each group goes to the fold with fewest of its class."""
     by_class: dict[str, list[list[int]]] = defaultdict(list)
     for g in groups:
-        by_class[items[g[0]].label].append(g)  # type: ignore[index]
+        by_class[items[g[0]].label].append(g)
     for label in sorted(by_class):
         class_groups = sorted(by_class[label], key=lambda g: _group_key(items, g))
         rng = _class_rng(seed, "folds", label)
@@ -659,7 +659,7 @@ class _Run:
         for g in _groups(items):
             labels = {items[i].label for i in g}
             if len(labels) > 1:
-                members = sorted((items[i].label, items[i].path) for i in g)  # type: ignore[misc]
+                members = sorted((items[i].label, items[i].path) for i in g)
                 stats.conflicting_groups.append(members)
                 for i in g:
                     others = ", ".join(f"{p} ({lab})" for lab, p in members if p != items[i].path)
@@ -671,10 +671,10 @@ class _Run:
             stats.duplicate_groups += sum(1 for n in copies.values() if n > 1)
             stats.duplicate_copies += sum(n - 1 for n in copies.values())
             hinted = [i for i in g if items[i].split]
-            given = {items[i].split for i in hinted}
+            given = {split for i in hinted if (split := items[i].split)}
             if len(given) > 1:
                 stats.straddling_groups += 1
-                winner = min(given, key=lambda s: HELD_OUT_PRIORITY[s])  # type: ignore[arg-type]
+                winner = min(given, key=lambda s: HELD_OUT_PRIORITY[s])
                 keeper = sorted(items[i].path for i in g if items[i].split == winner)[0]
                 for i in g:
                     if items[i].split and items[i].split != winner:
@@ -684,7 +684,7 @@ class _Run:
                         dropped.add(i)
             if given:
                 source = next(items[i] for i in hinted if items[i].split == min(
-                    given, key=lambda s: HELD_OUT_PRIORITY[s]))  # type: ignore[arg-type]
+                    given, key=lambda s: HELD_OUT_PRIORITY[s]))
                 for i in g:
                     if not items[i].split:
                         items[i].split, items[i].fixed_from = source.split, source.fixed_from
@@ -753,7 +753,7 @@ class _Run:
         train_by_class: dict[str, list[int]] = defaultdict(list)
         for i, it in enumerate(self.items):
             if it.split == "train":
-                train_by_class[it.label].append(i)  # type: ignore[index]
+                train_by_class[it.label].append(i)
             else:
                 keep.add(i)
         for label, idx in train_by_class.items():
@@ -771,7 +771,7 @@ class _Run:
             it.fold = None
         pool = [it for it in self.items if it.split in ("train", "val")]
         _assign_folds(pool, _groups(pool), k, self.opts.seed)
-        small = sorted(c for c, n in Counter(it.label for it in pool).items() if n < k)  # type: ignore[type-var]
+        small = sorted(c for c, n in Counter(it.label for it in pool).items() if n < k)
         if small:
             self.warnings.append(f"{len(small)} class(es) have fewer train+val images than --folds {k} "
                                  f"and are missing from some folds: {', '.join(small[:5])}")
@@ -783,7 +783,7 @@ class _Run:
         if self.opts.classes:
             return [c for c in self.opts.classes if c in present]
         classes = [c for c in self.header_classes if c in present]
-        return classes + sorted(present - set(classes))  # type: ignore[arg-type]
+        return classes + sorted(present - set(classes))
 
     def collect_warnings(self, classes: list[str]) -> None:
         """What the user will run into later, said now."""

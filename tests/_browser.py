@@ -71,6 +71,7 @@ class _Pipe:
         self.events: list[dict] = []
         self._next = 0
         threading.Thread(target=self._read, daemon=True).start()
+        assert self.proc.stderr is not None  # stderr=PIPE
         threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # drain (dbus noise)
 
     def _read(self) -> None:

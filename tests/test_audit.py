@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import read_jsonl
+from conftest import read_jsonl
 
 pytest.importorskip("cleanlab")
 

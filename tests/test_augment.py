@@ -174,6 +174,49 @@ def test_augment_presets_have_the_documented_ops():
     assert A.describe_pipeline(A.PRESETS["light"]) == "flip:h,shift:0.08"
     assert A.describe_pipeline(A.PRESETS["standard"]) == "flip:h,rotate:15,shift:0.1,zoom:0.1"
     assert A.describe_pipeline(A.PRESETS["strong"]) == "flip:h,rotate:15,shift:0.1,zoom:0.1,trivial"
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| presets |"))
+    for name, ops in A.PRESETS.items():  # each preset, spelled out or as an earlier one plus ops
+        spelled = f"{name} = `{A.describe_pipeline(ops)}`" in row
+        extended = any(f"{name} = {base} + `{A.describe_pipeline(ops[len(A.PRESETS[base]):])}`" in row
+                       for base in A.PRESETS if base != name and ops[:len(A.PRESETS[base])] == A.PRESETS[base])
+        assert spelled or extended, name
+
+
+def test_augment_option_defaults_are_the_librarys():
+    """The command's defaults and --fill choices are augment_manifest's and imgcls.augment.FILLS."""
+    import inspect
+
+    from imgcls.commands.augment import command
+
+    options = {p.name: p for p in command.params}
+    library = inspect.signature(A.augment_manifest).parameters
+    for name in ("seed", "fill", "fmt", "jobs", "force", "balance", "per_class"):
+        assert options[name].default == library[name].default, name
+    assert options["copies"].default is None and library["copies"].default == 2  # None: 2, or 0 when balancing
+    assert tuple(options["fill"].type.choices) == A.FILLS
+    from imgcls.derived import FORMATS
+
+    assert set(options["fmt"].type.choices) == set(FORMATS)
+
+
+def test_augment_presets_are_the_twins_of_train_augment(invoke):
+    """The offline presets apply train --augment's magnitudes; --preset's help states them."""
+    from imgcls.training.augment import preset
+    from imgcls.training.config import AUGMENTS, describe_augment_preset
+
+    assert set(A.PRESETS) == set(AUGMENTS) - {"none"}
+    by_op = {"rotate": "rotation", "shift": "shift", "zoom": "zoom"}
+    for name, ops in A.PRESETS.items():
+        spec = preset(name)
+        offline = {by_op[op.name]: op.magnitude for op in ops if op.name in by_op}
+        assert offline == {k: getattr(spec, k) for k in by_op.values() if getattr(spec, k)}, name
+        assert any(op.name == "flip" for op in ops) == spec.flip, name
+        assert any(op.name == "trivial" for op in ops) == (spec.policy == "trivialaugment"), name
+        assert not preset(name, flip=False).flip
+    text = " ".join(invoke(["augment", "--help"]).stdout.split())
+    for name in A.PRESETS:
+        assert f"{name} = {describe_augment_preset(name)}" in text, name
 
 
 def test_augment_parse_ops_syntax():
@@ -319,7 +362,7 @@ def test_augment_cli_refuses_non_empty_out_without_force(tmp_path, invoke):
     out.mkdir()
     (out / "mine.txt").write_text("user data")
     result = invoke(["augment", manifest, "--out", out])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "not empty" in result.stderr and "--force" in result.stderr and result.stdout == ""
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     result = invoke(["augment", manifest, "--out", out, "--force"])

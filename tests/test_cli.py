@@ -54,7 +54,7 @@ def test_cli_python_dash_m_works():
 def test_cli_domain_error_is_one_line_without_traceback(tmp_path):
     from click.testing import CliRunner
 
-    from imgcls.cli import ImgclsGroup, cli
+    from imgcls.cli import ImgclsGroup
     from imgcls.errors import DataError, UsageProblem
 
     import click
@@ -79,8 +79,8 @@ def test_cli_domain_error_is_one_line_without_traceback(tmp_path):
         (tmp_path / "file" / "sub").mkdir()
 
     # these test commands are added to a fresh group, so list/get must see them
-    group.list_commands = lambda ctx: ["bad", "usage", "crash", "nofolder"]  # type: ignore[method-assign]
-    group.get_command = lambda ctx, name: click.Group.get_command(group, ctx, name)  # type: ignore[method-assign]
+    group.list_commands = lambda ctx: ["bad", "usage", "crash", "nofolder"]
+    group.get_command = lambda ctx, name: click.Group.get_command(group, ctx, name)
     runner = CliRunner()
     res = runner.invoke(group, ["bad"])
     assert res.exit_code == 1
@@ -96,3 +96,24 @@ def test_cli_domain_error_is_one_line_without_traceback(tmp_path):
     res = runner.invoke(group, ["nofolder"])
     assert res.exit_code == 1
     assert res.stderr.strip() == f"Error: {tmp_path}/file/sub: Not a directory"
+
+
+def test_cli_output_folder_not_empty_is_one_error_everywhere(invoke, tmp_path):
+    """prepare DEST, augment/perturb/train --out: the same error type, exit status 2, the user's file kept."""
+    from conftest import make_class_folder
+
+    from imgcls.errors import OutputNotEmpty, UsageProblem
+
+    assert issubclass(OutputNotEmpty, UsageProblem)
+    manifest = tmp_path / "m.jsonl"
+    made = invoke(["prepare", make_class_folder(tmp_path / "data", per_class=2, size=8), "--test", "0.5",
+                   "-o", manifest])
+    assert made.exit_code == 0, made.stderr
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "mine.txt").write_text("mine")
+    for args in (["prepare", "--sample", "digits", full], ["augment", manifest, "--out", full],
+                 ["perturb", manifest, "--out", full], ["train", manifest, "--out", full]):
+        result = invoke(args)
+        assert result.exit_code == 2 and "not empty" in result.stderr, (args, result.stderr)
+        assert [p.name for p in full.iterdir()] == ["mine.txt"]

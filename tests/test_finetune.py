@@ -88,6 +88,32 @@ def test_finetune_discriminative_learning_rates(trained, tmp_path):
     assert set(seen) == {"head", "head-no-decay"}  # frozen backbone: the optimizer never sees it
 
 
+def test_finetune_defaults_are_the_librarys(invoke, trained, tmp_path):
+    """The rate rule and recipe the finetune command states and applies are imgcls.training.config's."""
+    from imgcls.commands.finetune import command
+    from imgcls.training.config import BACKBONE_LR_RATIO, FINETUNE_EPOCHS, FINETUNE_RECIPE, PRETRAINED_LR
+
+    options = {p.name: p.default for p in command.params}
+    assert options["lr"] == PRETRAINED_LR and options["backbone_lr_ratio"] == BACKBONE_LR_RATIO
+    assert options["epochs"] == FINETUNE_EPOCHS
+    # every other optimisation option inherits from the parent run (None)
+    assert all(options[k] is None for k in ("batch_size", "optimizer", "weight_decay", "augment", *FINETUNE_RECIPE))
+    text = " ".join(invoke(["finetune", "--help"]).stdout.split())
+    assert BACKBONE_LR_RATIO == 0.1 and "a tenth of it for the backbone" in text
+    assert (f"{FINETUNE_RECIPE['schedule']} schedule" in text and f"--mixup {FINETUNE_RECIPE['mixup']}" in text
+            and f"--label-smoothing {FINETUNE_RECIPE['label_smoothing']}" in text)
+    # the library applies the same rule when the caller gives no rate (the command always gives one)
+    from imgcls.models.io import read_model_info
+    from imgcls.training import finetune
+
+    root, manifest, _ = trained
+    header, records, reader = read_all(manifest)
+    finetune(header, records, reader.root, root / "parent", {"epochs": 1}, unfreeze=None, out=tmp_path / "ft")
+    used = read_model_info(tmp_path / "ft").config
+    assert used["lr"] == PRETRAINED_LR and used["backbone_lr"] == pytest.approx(PRETRAINED_LR * BACKBONE_LR_RATIO)
+    assert {k: used[k] for k in FINETUNE_RECIPE} == FINETUNE_RECIPE
+
+
 def test_finetune_no_improvement_keeps_the_starting_weights(trained, tmp_path, monkeypatch):
     from imgcls.training import finetune
     from imgcls.training.loop import Trainer

@@ -130,7 +130,7 @@ def test_manpages_render_without_warnings(page):
 
 
 def _run(command: list[str] | str, cwd: Path, env: dict[str, str], shell: bool = False) -> subprocess.CompletedProcess:
-    args = ["bash", "-o", "pipefail", "-c", command] if shell else command
+    args = ["bash", "-o", "pipefail", "-c", str(command)] if shell else command
     return subprocess.run(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=LINE_TIMEOUT_S)
 
@@ -201,8 +201,8 @@ def example_base(tmp_path_factory, example_env) -> Path:
                                   ("cnn", ["--width", "16", "--depth", "3", "--epochs", "3"], "trained.jsonl")):
         args = ["train", str(base / "digits.jsonl"), "--arch", "cnn", *options, "--out", str(base / "runs" / name),
                 "-o", str(base / output), "-q", "--threads", "1"]
-        result = CliRunner().invoke(cli, args, env={"IMGCLS_CACHE": example_env["IMGCLS_CACHE"]})
-        assert result.exit_code == 0, f"sandbox set-up failed: imgcls {' '.join(args)}\n{result.output}"
+        trained = CliRunner().invoke(cli, args, env={"IMGCLS_CACHE": example_env["IMGCLS_CACHE"]})
+        assert trained.exit_code == 0, f"sandbox set-up failed: imgcls {' '.join(args)}\n{trained.output}"
     (base / "small.jsonl").unlink()
     assert (base / "runs" / "latest").resolve() == (base / "runs" / "cnn").resolve()
     return base

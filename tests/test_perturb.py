@@ -24,10 +24,10 @@ def digit(size: int = 28, mode: str = "L", light_background: bool = False) -> Im
     r = np.hypot(yy - size * 0.45, xx - size * 0.5)
     a = np.where((r > size * 0.2) & (r < size * 0.3), 230.0, 0.0)
     a[int(size * 0.6):int(size * 0.85), int(size * 0.45):int(size * 0.55)] = 200.0
-    a = Image.fromarray(a.astype(np.uint8), "L").filter(ImageFilter.GaussianBlur(0.6))
+    img = Image.fromarray(a.astype(np.uint8), "L").filter(ImageFilter.GaussianBlur(0.6))
     if light_background:
-        a = Image.fromarray(255 - np.asarray(a), "L")
-    return a.convert(mode) if mode != "L" else a
+        img = Image.fromarray(255 - np.asarray(img), "L")
+    return img.convert(mode) if mode != "L" else img
 
 
 def px(img) -> np.ndarray:
@@ -67,6 +67,30 @@ def write_manifest(tmp: Path, n_per_split=(2, 1, 3), classes=("a", "b"), labels=
 
 
 # -- the library --------------------------------------------------------------------------------
+def test_perturb_option_defaults_are_the_librarys():
+    """The command's defaults are perturb_manifest's (the library run without the CLI behaves the same)."""
+    import inspect
+
+    from imgcls.commands.perturb import command
+
+    options = {p.name: p for p in command.params}
+    library = inspect.signature(P.perturb_manifest).parameters
+    for name in ("split", "clean", "seed", "fill", "jobs", "force"):
+        assert options[name].default == library[name].default, name
+    assert inspect.signature(P.perturb_image).parameters["fill"].default == library["fill"].default
+    assert options["severity_text"].default == f"{min(P.SEVERITIES)}-{max(P.SEVERITIES)}"
+
+
+def test_perturb_readme_table_has_every_family_and_its_values():
+    """README's severity table is written by hand: every family, with the library's values, and no other."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for family, values, _ in P.severity_rows():
+        assert f"| {family} | {values} |" in readme, family
+    lines = readme[readme.index("| family | severity 1 / 2 / 3 / 4 / 5 | meaning |"):].splitlines()[2:]
+    rows = lines[:next(i for i, line in enumerate(lines) if not line.startswith("|"))]
+    assert [row.split("|")[1].strip() for row in rows] == list(P.FAMILIES)
+
+
 def test_perturb_table_has_five_levels_per_family():
     assert set(P.SEVERITY_TABLE) == set(P.FAMILIES) == set(P.FAMILY_FUNCS)
     assert len(P.FAMILIES) == 15
@@ -301,7 +325,7 @@ def test_perturb_cli_refuses_non_empty_out_without_force(tmp_path, invoke):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     result = invoke(["perturb", manifest, "--out", out, "--kinds", "jpeg", "--severity", "3"])
-    assert result.exit_code == 1 and "--force" in result.stderr and result.stdout == ""
+    assert result.exit_code == 2 and "--force" in result.stderr and result.stdout == ""
     result = invoke(["perturb", manifest, "--out", out, "--kinds", "jpeg", "--severity", "3", "--force"])
     assert result.exit_code == 0 and (out / "keep.txt").read_text() == "x"
 

@@ -228,6 +228,27 @@ def test_predict_usage_errors(invoke, world, tmp_path):
     assert result.exit_code == 2 and "--device" in result.stderr
 
 
+def test_predict_device_names_mean_what_they_mean_in_train(world):
+    """One resolver for torch models in train, eval and predict (ONNX models have onnxruntime's)."""
+    import torch
+
+    from imgcls import devices
+    from imgcls.errors import UsageProblem
+    from imgcls.evaluation import backends
+
+    model = [world["perfect"]]
+    assert backends.resolve_device("auto", model) == str(devices.resolve_device("auto"))
+    assert backends.resolve_device(" CPU ", model) == "cpu" == str(devices.resolve_device("cpu"))
+    if not torch.cuda.is_available() and not devices._mps_available():
+        assert devices.resolve_device("auto").type == "cpu"
+    for bad in ("tpu", "cuda:x", "cuda:99", *([] if torch.cuda.is_available() else ["cuda"]),
+                *([] if devices._mps_available() else ["mps"])):
+        with pytest.raises(UsageProblem, match="--device"):
+            devices.resolve_device(bad)
+        with pytest.raises(UsageProblem, match="--device"):
+            backends.resolve_device(bad, model)
+
+
 def test_predict_one_image_imports_no_heavy_extras(world):
     """The one-image path of a cnn model loads neither scikit-learn, matplotlib nor torchvision,
     and starts no decoding thread."""

@@ -564,7 +564,7 @@ def test_prepare_sample_digits(invoke, tmp_path):
     other.mkdir()
     (other / "mine.txt").write_text("precious")
     refused = invoke(["prepare", "--sample", "digits", other])
-    assert refused.exit_code == 1 and "not empty" in refused.stderr
+    assert refused.exit_code == 2 and "not empty" in refused.stderr
     assert sorted(p.name for p in other.iterdir()) == ["mine.txt"]
     forced = invoke(["prepare", "--sample", "digits", other, "--force", "-q"])
     assert forced.exit_code == 0 and (other / "mine.txt").read_text() == "precious"

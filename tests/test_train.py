@@ -965,7 +965,7 @@ def test_train_logreg_head_chooses_c_by_val_split_or_hold_out_when_folds_cannot(
     xb, yb = _blobs(20)
     assert heads.fit_logreg(xb, yb, 3).info["selection"] == "20% hold-out"
     # augmented views of an image stay in one fold: groups, not rows, are split
-    x4, y4 = np.concatenate([xb, xb + 0.01]), np.concatenate([yb, yb])
+    y4 = np.concatenate([yb, yb])  # the labels of two views per image (only the split is under test)
     groups = np.tile(np.arange(len(yb)), 2)
     splits, how = heads._splits(y4, groups, 0)
     assert how == "20% hold-out"
@@ -1302,17 +1302,72 @@ def test_train_find_lr_valley_is_inside_the_descent():
     assert lrs[10] <= steep(lrs, losses) <= lrs[24]
 
 
+def test_train_option_defaults_are_the_configs():
+    """Every train option that is a TrainConfig field defaults to the field's default (one source)."""
+    from dataclasses import fields
+
+    from imgcls.commands.train import command
+    from imgcls.training import TrainConfig
+    from imgcls.training.config import FINETUNE_RECIPE
+
+    config = TrainConfig()
+    # None: resolved per run (the learning-rate rule, the fine-tuning recipe, the data, the architecture)
+    resolved = {"lr", "backbone_lr", "image_size", "channels", "mean", "std", "pretrained", "weights", "head",
+                "weights_name", "freeze_bn", *FINETUNE_RECIPE}
+    options = {p.name: p for p in command.params}
+    checked = []
+    for f in fields(TrainConfig):
+        if f.name not in options:
+            continue
+        default = options[f.name].default
+        if f.name in resolved:
+            assert default is None, f.name
+        else:
+            assert default == getattr(config, f.name), f.name
+            checked.append(f.name)
+    assert {"epochs", "batch_size", "weight_decay", "momentum", "augment", "seed", "dropout", "workers",
+            "save_interval", "freeze_epochs"} <= set(checked)
+    assert options["weight_decay"].default == 0.01  # the default documented (docs/benchmarks.md) and used
+
+
+def test_train_help_states_the_rules_it_applies(invoke):
+    """--augment's help gives each preset's magnitudes, --lr's the learning-rate rule, from the library's values."""
+    from imgcls.training.config import AUGMENT_PRESETS, PRETRAINED_LR, TrainConfig
+
+    result = invoke(["train", "--help"])
+    text = " ".join(result.stdout.split())
+    augment = text[text.index("--augment [none"):text.index("--flip / --no-flip")]
+    assert "shift 8%" in augment and "rotation 15 deg" in augment and "zoom 10%" in augment
+    assert "standard + TrivialAugmentWide" in augment
+    for name, geometry in AUGMENT_PRESETS.items():
+        for key, value in geometry.items():
+            if key in ("shift", "zoom"):
+                assert f"{value * 100:g}%" in augment, (name, key)
+            elif key == "rotation":
+                assert f"{value:g} deg" in augment, (name, key)
+    assert (f"Default: {TrainConfig.lr:.0e} from scratch, {PRETRAINED_LR:.0e} for a pretrained".replace("e-0", "e-")
+            in text)
+
+
+def test_train_learning_rate_rule():
+    from imgcls.training.config import BACKBONE_LR_RATIO, PRETRAINED_LR, TrainConfig, learning_rates
+
+    assert learning_rates(None, None, BACKBONE_LR_RATIO, from_pretrained=False, backbone_trains=True) == (
+        TrainConfig.lr, None)
+    assert learning_rates(None, None, 0.1, from_pretrained=True, backbone_trains=True) == (
+        PRETRAINED_LR, pytest.approx(PRETRAINED_LR * 0.1))
+    assert learning_rates(None, None, 0.1, from_pretrained=True, backbone_trains=False) == (PRETRAINED_LR, None)
+    assert learning_rates(5e-3, 1e-5, 0.1, from_pretrained=True, backbone_trains=True) == (5e-3, 1e-5)
+    assert learning_rates(5e-3, None, None, from_pretrained=True, backbone_trains=True) == (5e-3, None)
+
+
 def test_train_recipe_option_defaults_come_from_the_config(invoke, manifest, tmp_path):
-    from imgcls.commands import _training
     from imgcls.commands.train import command
     from imgcls.training import TrainConfig
     from imgcls.training.config import FINETUNE_RECIPE
 
     defaults = {p.name: p.default for p in command.params}
     config = TrainConfig()
-    for name in ("cutmix", "ema", "precise_bn", "freeze_epochs"):
-        assert defaults[name] == getattr(config, name), name
-    assert _training.FINETUNE_RECIPE == FINETUNE_RECIPE  # the torch-free copy the help texts use
     # schedule, mixup and label smoothing depend on the run: from scratch the config's, fine-tuning the recipe's
     assert {k: defaults[k] for k in FINETUNE_RECIPE} == {k: None for k in FINETUNE_RECIPE}
     scratch = _train(invoke, manifest, tmp_path / "s", "--epochs", "1")
@@ -1325,3 +1380,19 @@ def test_train_recipe_option_defaults_come_from_the_config(invoke, manifest, tmp
                    "--weights", str(tmp_path / "s" / "model.safetensors"))
     assert tuned.exit_code == 0, tuned.stderr
     assert {k: read_model_info(tmp_path / "p").config[k] for k in FINETUNE_RECIPE} == FINETUNE_RECIPE
+
+
+def test_train_frozen_backbone_features_are_computed_without_autograd():
+    """extract_features runs under no_grad: a frozen backbone's features keep no graph (memory, speed)."""
+    from imgcls.models import get_model
+    from imgcls.training.data import extract_features
+
+    class Batches:
+        device = torch.device("cpu")
+
+        def batches(self):
+            yield torch.randn(3, 1, 12, 12), torch.zeros(3, dtype=torch.long)
+
+    model = get_model("cnn", num_classes=2, in_channels=1, pretrained=False, width=4, depth=2)
+    features = extract_features(model, Batches())
+    assert features.shape == (3, model.feature_dim) and not features.requires_grad

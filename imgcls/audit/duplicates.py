@@ -90,7 +90,7 @@ def _moment_normalised(x, side: int = COARSE_SIDE, spread: float = 1.5):
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = (sx * spread).clamp(0.05, 1.0), cx
     theta[:, 1, 1], theta[:, 1, 2] = (sy * spread).clamp(0.05, 1.0), cy
-    grid = F.affine_grid(theta, (n, 1, side, side), align_corners=False)
+    grid = F.affine_grid(theta, [int(n), 1, side, side], align_corners=False)
     return F.grid_sample(x[:, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
 
 
@@ -128,7 +128,7 @@ def _blur(x, sigma: float):
 def _axis_warps(side: int, min_scale: float, step_px: float = 0.5) -> list[tuple[float, float]]:
     """(scale, shift) per axis in normalised coordinates: the source window [-s + t, s + t] inside [-1, 1],
     scales and shifts every ``step_px`` pixels at the edge."""
-    out = []
+    out: list[tuple[float, float]] = []
     for s in np.arange(1.0, min_scale - 1e-9, -step_px / side):
         r = 1.0 - s
         count = int(np.floor(r * side / step_px + 1e-9)) + 1

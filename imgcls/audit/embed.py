@@ -85,7 +85,8 @@ def embed(cfg: Any, records: Sequence[Record], root: Path, classes: Sequence[str
     from imgcls.cache import resolve_cache_dir
     from imgcls.training.config import TrainConfig
     from imgcls.training.features import FeatureStore, extraction_batch_size
-    from imgcls.training.loop import Precision, resolve_device
+    from imgcls.devices import resolve_device
+    from imgcls.training.loop import Precision
 
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)

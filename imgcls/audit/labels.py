@@ -121,7 +121,7 @@ def find_label_errors(features: np.ndarray, labels: np.ndarray, pool: np.ndarray
         out[scored_idx] = probs[scored_idx]
     else:
         fold_of, k, source = assign_folds(labels[pool_idx], groups[pool_idx],
-                                          [given_folds[i] for i in pool_idx], folds, seed)
+                                          [given_folds[int(i)] for i in pool_idx], folds, seed)
         if k >= 2:
             for f in range(k):
                 train, test = pool_idx[fold_of != f], pool_idx[fold_of == f]

@@ -106,7 +106,7 @@ def audit(header: Header, records: Sequence[Record], root: Path, cfg: AuditConfi
     findings: list[dict[str, Any]] = [{} for _ in range(n)]
     label_items = []
     if lab is not None and "labels" in checks:
-        for i in np.flatnonzero(lab.issue):
+        for i in np.flatnonzero(lab.issue).tolist():
             given, sugg = int(labels[i]), int(lab.suggested[i])
             item = {"given": classes[given], "suggested": classes[sugg], "score": _r(lab.score[i]),
                     "p_given": _r(lab.probs[i, given]), "p_suggested": _r(lab.probs[i, sugg])}
@@ -137,7 +137,7 @@ def audit(header: Header, records: Sequence[Record], root: Path, cfg: AuditConfi
     dup_groups.sort(key=lambda gr: (not gr["leak"], gr["kept"]))
     outlier_items = []
     if outl is not None:
-        for i in np.flatnonzero(outl.outlier):
+        for i in np.flatnonzero(outl.outlier).tolist():
             item = {"distance": _r(outl.distance[i]), "fence": _r(outl.fence),
                     "nearest_class": classes[outl.nearest_class[i]] if outl.nearest_class[i] >= 0 else None}
             findings[i]["outlier"] = item
@@ -145,7 +145,7 @@ def audit(header: Header, records: Sequence[Record], root: Path, cfg: AuditConfi
         outlier_items.sort(key=lambda t: (-t[1]["distance"], paths[t[0]]))
     amb_items = []
     if amb is not None:
-        for i in np.flatnonzero(amb.ambiguous):
+        for i in np.flatnonzero(amb.ambiguous).tolist():
             if "label" in findings[i]:
                 continue
             item = {"between": [classes[int(c)] for c in amb.pair[i]], "probs": [_r(p) for p in amb.pair_probs[i]]}

@@ -8,15 +8,13 @@ from typing import Any
 
 import click
 
+from imgcls.devices import DEVICES_HELP
 from imgcls.errors import UsageProblem
+from imgcls.training.config import (AUGMENTS, CLASS_WEIGHTS, FINETUNE_EPOCHS, FINETUNE_RECIPE, OPTIMIZERS, SCHEDULES,
+                                    TrainConfig, describe_augment_preset)
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "onecycle", "plateau", "none")
-AUGMENTS = ("none", "light", "standard", "strong")
-# The recipe of fine-tuning trained weights (finetune; train from pretrained weights without --freeze),
-# chosen by the recipes study (docs/benchmarks.md); the library's copy is imgcls.training.config.FINETUNE_RECIPE
-# (this module must not import torch; a test keeps the two equal).
-FINETUNE_RECIPE = {"schedule": "onecycle", "mixup": 0.2, "label_smoothing": 0.1}
+# Every option default below is the library's (imgcls.training.config is torch-free).
+DEFAULTS = TrainConfig()
 
 
 def _opt(*args: Any, **kwargs: Any) -> Callable:
@@ -50,36 +48,41 @@ WORKERS = WorkersType()
 def loop_options(inherit: bool) -> Callable:
     """Optimisation and data options. ``inherit``: defaults come from the parent model (finetune)."""
 
-    def d(value: Any) -> Any:
-        return None if inherit else value
+    def d(name: str) -> Any:
+        return None if inherit else getattr(DEFAULTS, name)
 
-    def show(value: Any) -> Any:
+    def show(name: str) -> Any:
         return "as the parent run" if inherit else True
+
+    augment_help = "; ".join(f"{name} = {describe_augment_preset(name)}" for name in AUGMENTS if name != "none")
 
     def decorate(func: Callable) -> Callable:
         options = [
-            _opt("--epochs", type=click.IntRange(min=1), default=10 if inherit else 20, show_default=True,
+            _opt("--epochs", type=click.IntRange(min=1), default=FINETUNE_EPOCHS if inherit else DEFAULTS.epochs,
+                 show_default=True,
                  help="Maximum number of epochs (early stopping may end sooner)."),
-            _opt("--batch-size", type=click.IntRange(min=1), default=d(64), show_default=show(64),
+            _opt("--batch-size", type=click.IntRange(min=1), default=d("batch_size"), show_default=show("batch_size"),
                  help="Training images per step, per process: under torchrun the global batch is the number "
                       "of processes times this (the learning rate is not scaled for you)."),
-            _opt("--optimizer", type=click.Choice(OPTIMIZERS), default=d("adamw"), show_default=show("adamw"),
+            _opt("--optimizer", type=click.Choice(OPTIMIZERS), default=d("optimizer"), show_default=show("optimizer"),
                  help="AdamW (decoupled weight decay), Adam, or SGD with Nesterov momentum."),
-            _opt("--weight-decay", type=click.FloatRange(min=0), default=d(0.01), show_default=show(0.01),
+            _opt("--weight-decay", type=click.FloatRange(min=0), default=d("weight_decay"),
+                 show_default=show("weight_decay"),
                  help="Weight decay (not applied to biases and normalisation layers)."),
-            _opt("--momentum", type=click.FloatRange(0, 1), default=d(0.9), show_default=show(0.9),
+            _opt("--momentum", type=click.FloatRange(0, 1), default=d("momentum"), show_default=show("momentum"),
                  help="SGD momentum (--optimizer sgd only)."),
             _opt("--schedule", type=click.Choice(SCHEDULES), default=None,
                  help="Learning-rate schedule, per step: cosine decay to 0 over --epochs; onecycle: warm-up "
                       "from 1/5 of the rate over the first 30% of the steps, then cosine decay (torch's "
                       "OneCycleLR, momentum cycled 0.95-0.85; fastai's fine_tune schedule; early stopping "
                       "waits for the peak); plateau (x0.2 after 2 epochs without a better validation loss); "
-                      "or none. Default: onecycle when fine-tuning trained weights (finetune; train from "
-                      "pretrained weights without --freeze), cosine otherwise."),
+                      f"or none. Default: {FINETUNE_RECIPE['schedule']} when fine-tuning trained weights (finetune; "
+                      f"train from pretrained weights without --freeze), {DEFAULTS.schedule} otherwise."),
             _opt("--label-smoothing", type=click.FloatRange(0, 0.5), default=None,
                  help="Label smoothing of the training loss (validation loss is plain cross-entropy). Default: "
                       f"{FINETUNE_RECIPE['label_smoothing']} when fine-tuning trained weights (finetune; train "
-                      "from pretrained weights without --freeze), 0 otherwise (measured: it helped fine-tuning "
+                      f"from pretrained weights without --freeze), {DEFAULTS.label_smoothing:g} otherwise (measured: "
+                      "it helped fine-tuning "
                       "and hurt the scratch cnn on the cat/dog photos)."),
             _opt("--mixup", type=click.FloatRange(min=0), default=None, metavar="ALPHA",
                  help="Mixup: each training batch is blended with a shuffled copy of itself, weight drawn from "
@@ -87,14 +90,15 @@ def loop_options(inherit: bool) -> Callable:
                       "0: off. Validation, precise BN and the saved model see plain images. With --freeze the "
                       "backbone then runs on every batch (its features change with the blend). Default: "
                       f"{FINETUNE_RECIPE['mixup']} when fine-tuning trained weights (finetune; train from "
-                      "pretrained weights without --freeze), 0 otherwise (measured: it helped fine-tuning on "
+                      f"pretrained weights without --freeze), {DEFAULTS.mixup:g} otherwise (measured: it helped "
+                      "fine-tuning on "
                       "Fashion-MNIST and hurt the scratch cnn on both data sets)."),
-            _opt("--cutmix", type=click.FloatRange(min=0), default=d(0.0), show_default=show(0.0), metavar="ALPHA",
+            _opt("--cutmix", type=click.FloatRange(min=0), default=d("cutmix"), show_default=show("cutmix"), metavar="ALPHA",
                  help="CutMix: a box of each training image is pasted from another, box area from Beta(ALPHA, "
                       "ALPHA), labels mixed by area (torchvision's v2.CutMix; timm uses 1.0). 0: off. With "
                       "--mixup too, each batch gets one of the two at random. Off by default: it did not help "
                       "the scratch cnn consistently in the recipes study."),
-            _opt("--ema", type=click.FloatRange(0, 1, max_open=True), default=d(0.0), show_default=show(0.0),
+            _opt("--ema", type=click.FloatRange(0, 1, max_open=True), default=d("ema"), show_default=show("ema"),
                  metavar="DECAY",
                  help="Keep an exponential moving average of the weights (torch's swa_utils.AveragedModel), "
                       "updated every step with DECAY (e.g. 0.99-0.999; warmed up as min(DECAY, (1+n)/(10+n)) "
@@ -102,16 +106,17 @@ def loop_options(inherit: bool) -> Callable:
                       "validation loss is lower (history.jsonl: \"weights\": \"ema\" or \"live\"). "
                       "Checkpoints carry it for --resume. 0: off (by default: it changed accuracy by less "
                       "than the seeds did in the recipes study, and costs a second validation per epoch)."),
-            _opt("--precise-bn", type=click.IntRange(min=0), default=d(2048), show_default=show(2048),
+            _opt("--precise-bn", type=click.IntRange(min=0), default=d("precise_bn"), show_default=show("precise_bn"),
                  metavar="N",
                  help="Before each validation, recompute the running statistics of the BatchNorm layers that "
                       "train, on up to N plain training images (a seeded sample), so the model in eval mode "
                       "(validation, the saved file) normalises with statistics of its current weights: on "
                       "short runs the running averages lag far behind. Frozen blocks and --freeze-bn layers "
                       "keep theirs. Costs about one forward pass over N images per epoch. 0: off."),
-            _opt("--class-weights", type=click.Choice(["none", "auto"]), default=d("none"), show_default=show("none"),
+            _opt("--class-weights", type=click.Choice(CLASS_WEIGHTS), default=d("class_weights"),
+                 show_default=show("class_weights"),
                  help="auto: weight the training loss by n / (classes x count) per class, for imbalanced data."),
-            _opt("--patience", type=click.IntRange(min=0), default=d(5), show_default=show(5),
+            _opt("--patience", type=click.IntRange(min=0), default=d("patience"), show_default=show("patience"),
                  help="Early stopping: stop after this many epochs without a lower validation loss "
                       "(0: never). The best epoch's weights are always the ones saved."),
             _opt("--freeze-bn/--train-bn", default=None,
@@ -119,23 +124,22 @@ def loop_options(inherit: bool) -> Callable:
                       "scale and shift still train). Default: on when starting from trained weights (pretrained "
                       "backbones, finetune), off from scratch. Small batches of other images would otherwise "
                       "overwrite the statistics the features depend on."),
-            _opt("--augment", type=click.Choice(AUGMENTS), default=d("none"), show_default=show("none"),
-                 help="On-the-fly augmentation of training images: light = shift 8% + flip; standard = "
-                      "rotation 15 deg, shift 10%, zoom 10%, flip (Keras ImageDataGenerator style); strong = "
-                      "standard + TrivialAugmentWide."),
-            _opt("--flip/--no-flip", default=d(True), show_default=show(True),
+            _opt("--augment", type=click.Choice(AUGMENTS), default=d("augment"), show_default=show("augment"),
+                 help=f"On-the-fly augmentation of training images: {augment_help} (standard: Keras "
+                      "ImageDataGenerator style; imgcls augment --preset writes the same as files)."),
+            _opt("--flip/--no-flip", default=d("flip"), show_default=show("flip"),
                  help="Random horizontal flips in the light/standard/strong presets. Use --no-flip for digits, "
                       "text and anything whose mirror image is another class."),
-            _opt("--seed", type=int, default=d(0), show_default=show(0),
+            _opt("--seed", type=int, default=d("seed"), show_default=show("seed"),
                  help="Seeds weights, data order, augmentation and a held-out validation split: the same seed "
                       "on the CPU gives identical weights."),
-            _opt("--device", default="auto", show_default=True,
-                 help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps. Under torchrun each "
+            _opt("--device", default=DEFAULTS.device, show_default=True,
+                 help=f"{DEVICES_HELP}. Under torchrun each "
                       "process takes the GPU of its LOCAL_RANK (nccl; gloo on the CPU)."),
-            _opt("--amp/--no-amp", default=True, show_default=True,
+            _opt("--amp/--no-amp", default=DEFAULTS.amp, show_default=True,
                  help="Mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler). "
                       "No effect on CPU/MPS."),
-            _opt("--workers", type=WORKERS, default="auto", show_default=True, metavar="N|auto",
+            _opt("--workers", type=WORKERS, default=DEFAULTS.workers, show_default=True, metavar="N|auto",
                  help="DataLoader worker processes, used for --augment strong and for data sets too large "
                       "to hold decoded in memory (IMGCLS_PRELOAD_LIMIT_MB, default 4096); otherwise batches "
                       "come straight from memory and no worker starts. auto: from the CPUs this process may "
@@ -143,15 +147,15 @@ def loop_options(inherit: bool) -> Callable:
                       "min(4, CPUs / 2) on the CPU, never more than batches per epoch. 0: decode in the main "
                       "process. Workers stay alive between epochs; memory is pinned on CUDA; 2 batches "
                       "prefetched per worker. -v shows the choice. The result does not depend on the number."),
-            _opt("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+            _opt("--threads", type=click.IntRange(min=0), default=DEFAULTS.threads, show_default=True,
                  help="CPU threads for PyTorch (0: its default, one per core). On a CPU shared with other "
                       "jobs, fewer threads than cores avoids threads waiting on each other."),
-            _opt("--compile/--no-compile", default=False, show_default=True,
+            _opt("--compile/--no-compile", default=DEFAULTS.compile, show_default=True,
                  help="Run the training and validation steps through torch.compile (needs a C/C++ compiler). "
                       "Off by default: compiling costs 30-60 s up front, and on the 2-core CPU it was measured "
                       "slower than eager mode for imgcls' small CNNs (docs/benchmarks.md); try it on a GPU or for "
                       "long runs. Not used on the frozen-feature path (the head alone is a single Linear layer)."),
-            _opt("--cache/--no-cache", default=True, show_default=True,
+            _opt("--cache/--no-cache", default=DEFAULTS.cache, show_default=True,
                  help="Keep decoded, resized images in the on-disk cache shared with eval and predict, so the "
                       "next run on the same unchanged files skips decoding (entries keyed by the files as they "
                       "are now: path, size, modification and change times; the image size and channels; "
@@ -160,19 +164,19 @@ def loop_options(inherit: bool) -> Callable:
                       "weights, the mean/std, the precision and the augmented view: a changed image, weights "
                       "file or preprocessing is never served stale features. --no-cache: nothing is read or "
                       "written there (frozen features are still computed once per run, in memory)."),
-            _opt("--cache-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+            _opt("--cache-dir", type=click.Path(file_okay=False), default=DEFAULTS.cache_dir, metavar="DIR",
                  help="Where the decoded-image and feature caches live. Default: $IMGCLS_CACHE, else "
                       "~/.cache/imgcls."),
-            _opt("--feature-cache/--no-feature-cache", default=True, show_default=True,
+            _opt("--feature-cache/--no-feature-cache", default=DEFAULTS.feature_cache, show_default=True,
                  help="With a frozen backbone (and --augment none, or --feature-views K), compute its features "
                       "once and train the head on them (identical result, epochs cost almost nothing). "
                       "--no-feature-cache runs the backbone every step."),
-            _opt("--val-fraction", type=click.FloatRange(0.01, 0.5), default=0.15, show_default=True,
+            _opt("--val-fraction", type=click.FloatRange(0.01, 0.5), default=DEFAULTS.val_fraction, show_default=True,
                  help="Only when the manifest has no val records: hold out this stratified fraction of the "
                       "training images for validation (with a warning)."),
-            _opt("--checkpoint/--no-checkpoint", default=True, show_default=True,
+            _opt("--checkpoint/--no-checkpoint", default=DEFAULTS.checkpoint, show_default=True,
                  help="Write checkpoint.safetensors (for --resume) as often as --save-interval allows."),
-            _opt("--save-interval", type=click.FloatRange(min=0), default=60.0, show_default=True,
+            _opt("--save-interval", type=click.FloatRange(min=0), default=DEFAULTS.save_interval, show_default=True,
                  metavar="SECONDS",
                  help="Write the best model and the checkpoint after the first epoch, then at most once per "
                       "SECONDS (at the end of the first epoch that finds them due), and always at the end: last "

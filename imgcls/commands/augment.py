@@ -8,6 +8,9 @@ import click
 
 from imgcls.commands._common import common_options, open_input
 from imgcls.commands._lazyhelp import LazyEpilogCommand
+from imgcls.training.config import AUGMENTS, describe_augment_preset
+
+OFFLINE_PRESETS = tuple(name for name in AUGMENTS if name != "none")
 
 
 def _ops_help() -> str:
@@ -73,10 +76,11 @@ removes every file it planned to write: the output is complete or absent.
 @click.option("--copies", type=click.IntRange(min=0), default=None,
               help="Augmented copies per training image. Default 2; with --balance/--per-class default 0 "
                    "(each class is filled up to the target x (1 + copies)).")
-@click.option("--preset", type=click.Choice(["light", "standard", "strong"]), default="standard", show_default=True,
-              help="Ops preset, the offline twin of `imgcls train --augment`: light = flip:h,shift:0.08; "
-                   "standard = flip:h,rotate:15,shift:0.1,zoom:0.1 (Keras ImageDataGenerator-like); strong = "
-                   "standard + trivial (one TrivialAugmentWide op with a random magnitude).")
+@click.option("--preset", type=click.Choice(OFFLINE_PRESETS), default="standard", show_default=True,
+              help="Ops preset, the offline twin of `imgcls train --augment` (the same magnitudes): "
+                   + "; ".join(f"{name} = {describe_augment_preset(name)}" for name in OFFLINE_PRESETS)
+                   + " (standard: Keras ImageDataGenerator-like; strong's TrivialAugmentWide is the op trivial, "
+                     "one op with a random magnitude). --list-ops shows each preset's ops.")
 @click.option("--ops", "ops_text", default=None, metavar="SPEC",
               help="Explicit ops instead of --preset, e.g. rotate:15,shift:0.1,flip (syntax below; --list-ops).")
 @click.option("--flip/--no-flip", default=True, show_default=True,

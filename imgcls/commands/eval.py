@@ -11,6 +11,7 @@ import click
 
 from imgcls.commands._common import common_options, open_input
 from imgcls.commands._onnx import onnx_options
+from imgcls.devices import DEVICES_HELP
 
 
 def _sanitize(obj: Any) -> Any:
@@ -67,7 +68,7 @@ def _sanitize(obj: Any) -> Any:
               help="Image-decoding threads working ahead of the model (0: decode in the main thread). "
                    "Default: min(4, CPU count).")
 @click.option("--device", default="auto", show_default=True,
-              help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
+              help=f"{DEVICES_HELP}. An ONNX model: auto is CUDA with onnxruntime-gpu, else the CPU; no mps.")
 @click.option("--tta", is_flag=True,
               help="Test-time augmentation: average the softmax over views the model was trained to see: the "
                    "image, four small shifts (half the trained shift, or 1/32 of the side for models trained "

@@ -115,7 +115,7 @@ def command(model: str | None, fmt: str, output: str | None, check: bool, tolera
     images = None
     if int8:
         images = _calibration_images(calibration, records, reader, minfo, calibration_images)
-        info(f"calibrating on {len(images)} images from {calibration or reader.name}")
+        info(f"calibrating on {len(images)} images from {calibration or (reader.name if reader else '-')}")
     config = ExportConfig(format=fmt, check=check, tolerance=tolerance, exporter=exporter, int8=int8,
                           calibration_images=calibration_images)
     from imgcls.console import detail
@@ -139,6 +139,7 @@ def command(model: str | None, fmt: str, output: str | None, check: bool, tolera
     shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
     info(f"{fmt}{' int8' if int8 else ''} model written to {dest} ({shown}; {how}{result.seconds:.1f} s)")
     if passthrough:
+        assert header is not None and records is not None  # read together from stdin
         _pass_on(header, records, model_path, Path(dest), fmt)
 
 

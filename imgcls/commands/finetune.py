@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
 
 import click
 
 from imgcls.commands._common import common_options, open_input
 from imgcls.commands._training import check_run_outputs, continue_run, check_no_terminal_stdin, emit_manifest, loop_options, report_result
+from imgcls.training.config import BACKBONE_LR_RATIO, PRETRAINED_LR
 
 
 class Unfreeze(click.ParamType):
@@ -38,20 +40,20 @@ class Unfreeze(click.ParamType):
 @click.option("--unfreeze", type=Unfreeze(), default="all", show_default=True,
               help="Train the last N backbone blocks (stages; imgcls train --list-archs shows how many each "
                    "architecture has) plus the head, or all of them. 0 trains the head only.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=PRETRAINED_LR, show_default=True,
               help="Peak learning rate of the head (the backbone's is --backbone-lr-ratio times this). Chosen by "
                    "measurement (docs/benchmarks.md, recipes study): with the onecycle warm-up, 1e-3 beat 3e-4 "
                    "and 1e-4 (the old default) on Fashion-MNIST at 500 per class and on the cat/dog photos.")
 @click.option("--backbone-lr", type=click.FloatRange(min=0), default=None,
               help="Learning rate of the unfrozen backbone blocks. Default: --lr x --backbone-lr-ratio.")
-@click.option("--backbone-lr-ratio", type=click.FloatRange(min=0), default=0.1, show_default=True,
+@click.option("--backbone-lr-ratio", type=click.FloatRange(min=0), default=BACKBONE_LR_RATIO, show_default=True,
               help="Backbone rate relative to --lr (discriminative learning rates).")
 @loop_options(inherit=True)
 @click.option("--resume", type=click.Path(exists=True), default=None, metavar="RUN",
               help="Continue an interrupted fine-tuning run from its last checkpoint (same as imgcls train --resume).")
 @common_options
 def command(manifest: str, model: str | None, unfreeze: int | str, lr: float, backbone_lr: float | None,
-            backbone_lr_ratio: float, resume: str | None, **loop: object) -> None:
+            backbone_lr_ratio: float, resume: str | None, **loop: Any) -> None:
     """Fine-tune a trained model: unfreeze the last N backbone blocks and train on.
 
     Takes the model from --model or from the manifest header that imgcls train

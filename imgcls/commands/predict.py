@@ -10,6 +10,7 @@ import click
 
 from imgcls.commands._common import common_options
 from imgcls.commands._onnx import onnx_options
+from imgcls.devices import DEVICES_HELP
 from imgcls.evaluation.predicting import CACHE_MIN_IMAGES, SORT_KEYS
 
 
@@ -43,7 +44,7 @@ from imgcls.evaluation.predicting import CACHE_MIN_IMAGES, SORT_KEYS
               help="Image-decoding threads (0: decode in the main thread). Default: min(4, CPU count); "
                    "a single image is always decoded in the main thread.")
 @click.option("--device", default="auto", show_default=True,
-              help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
+              help=f"{DEVICES_HELP}. An ONNX model: auto is CUDA with onnxruntime-gpu, else the CPU; no mps.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Decoded-image cache shared with train and eval (entries keyed by the ordered files as they "
                    "are now: path, size, modification and change times; the model's image size and channels). "

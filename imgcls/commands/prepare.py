@@ -256,7 +256,7 @@ def _report(result, output) -> None:
     splits = [s for s in ("train", "val", "test") if any(c[s] for c in counts.values())]
     table = make_table(box=None, pad_edge=False, show_footer=True)
     table.add_column("class", footer="total")
-    totals = Counter()
+    totals: Counter[str] = Counter()
     for s in splits:
         totals.update({s: sum(c[s] for c in counts.values())})
     for s in splits:

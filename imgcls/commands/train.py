@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from imgcls.commands._common import common_options, open_input
-from imgcls.commands._training import (FINETUNE_RECIPE, check_run_outputs, continue_run, check_no_terminal_stdin,
+from imgcls.commands._training import (DEFAULTS, check_run_outputs, continue_run, check_no_terminal_stdin,
                                        emit_manifest, loop_options, parse_floats_option, report_result)
 from imgcls.models.catalog import arch_help
 from imgcls.models.heads import DEFAULT_FROZEN_HEAD, HEADS
+from imgcls.training.config import BACKBONE_LR_RATIO, FINETUNE_RECIPE, PRETRAINED_LR, TrainConfig, learning_rates
+
+if TYPE_CHECKING:
+    from imgcls.manifest import ManifestReader
 
 HEAD_HELP = (
     "How the head of a frozen backbone (--freeze) is made from its features, which are computed once. "
@@ -36,6 +41,11 @@ WEIGHTS_NAME_HELP = (
     "Default: the architecture's default weights. The input size and normalisation follow the chosen weights "
     "(vit_b_16 with IMAGENET1K_SWAG_E2E_V1 runs at 384 px) unless --image-size, --mean or --std say "
     "otherwise. With --weights FILE it only names the preprocessing to assume when the file records none.")
+
+
+def _rate(value: float) -> str:
+    """2e-3, not 0.002: learning rates as people write them."""
+    return f"{value:.0e}".replace("e-0", "e-")
 
 
 def man_sections() -> dict[str, str]:
@@ -144,7 +154,7 @@ def _timm_rows(pattern: str) -> list[dict]:
     return rows
 
 
-def _find_lr(header: dict, records: list, reader: object, cfg: object, plot: str | None) -> None:
+def _find_lr(header: dict, records: list, reader: ManifestReader, cfg: TrainConfig, plot: str | None) -> None:
     """--find-lr: the sweep's JSON on stdout, the suggestion on stderr, the curve in ``plot``."""
     import json
 
@@ -152,7 +162,7 @@ def _find_lr(header: dict, records: list, reader: object, cfg: object, plot: str
     from imgcls.training._console import info
     from imgcls.training.run import find_lr
 
-    result = find_lr(header, records, reader.root, cfg, name=reader.name)  # type: ignore[attr-defined]
+    result = find_lr(header, records, reader.root, cfg, name=reader.name)
     written = str(lr_find.write_plot(result, plot)) if plot else None
     doc = result.to_json(written)
     sugg = doc["suggestions"]
@@ -165,7 +175,7 @@ def _find_lr(header: dict, records: list, reader: object, cfg: object, plot: str
 
 @click.command("train")
 @click.argument("manifest", default="-", metavar="[MANIFEST]")
-@click.option("-a", "--arch", default="cnn", show_default=True, metavar="NAME", help=arch_help())
+@click.option("-a", "--arch", default=DEFAULTS.arch, show_default=True, metavar="NAME", help=arch_help())
 @click.option("--list-archs", "list_archs", is_flag=False, flag_value="", default=None, metavar="[PATTERN]",
               help="List the architectures as a table on stdout, and exit: name, backbone parameters (without the "
                    "ImageNet head), default input size, channels, blocks for --unfreeze, pretrained weights "
@@ -206,7 +216,7 @@ def _find_lr(header: dict, records: list, reader: object, cfg: object, plot: str
                    "(--cache), so a later run on the same unchanged images, weights and preprocessing skips the "
                    "backbone. With augmentation see --feature-views.")
 @click.option("--head", type=click.Choice(HEADS), default=None, help=HEAD_HELP + " Only with --freeze.")
-@click.option("--feature-views", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
+@click.option("--feature-views", type=click.IntRange(min=0), default=DEFAULTS.feature_views, show_default=True, metavar="K",
               help="With --freeze and --augment light/standard/strong: run the backbone once over K augmented "
                    "views of the training images (K backbone passes in all, cached like plain features; each view "
                    "fixed by --seed and its number) and train the head on them, epoch e on view (e-1) mod K. "
@@ -217,15 +227,15 @@ def _find_lr(header: dict, records: list, reader: object, cfg: object, plot: str
 @click.option("--depth", type=click.IntRange(min=1), default=None, help="cnn, cnn-gru: number of conv blocks (arch default 4 / 3).")
 @click.option("--hidden", type=click.IntRange(min=1), default=None, help="cnn-gru: GRU hidden size (arch default 128).")
 @click.option("--block-dropout", type=click.FloatRange(0, 0.9), default=None, help="cnn, cnn-gru: dropout after each conv block (arch default 0.1).")
-@click.option("--dropout", type=click.FloatRange(0, 0.95), default=0.2, show_default=True, help="Dropout before the final linear layer (the head).")
+@click.option("--dropout", type=click.FloatRange(0, 0.95), default=DEFAULTS.dropout, show_default=True, help="Dropout before the final linear layer (the head).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Learning rate (of the head). Default: 2e-3 from scratch, 1e-3 for a pretrained backbone "
-                   "(whose own rate is --backbone-lr-ratio times this).")
+              help=f"Learning rate (of the head). Default: {_rate(DEFAULTS.lr)} from scratch, {_rate(PRETRAINED_LR)} for a "
+                   "pretrained backbone (whose own rate is --backbone-lr-ratio times this).")
 @click.option("--backbone-lr", type=click.FloatRange(min=0), default=None,
               help="Learning rate of a pretrained, unfrozen backbone. Default: --lr x --backbone-lr-ratio.")
-@click.option("--backbone-lr-ratio", type=click.FloatRange(min=0), default=0.1, show_default=True,
+@click.option("--backbone-lr-ratio", type=click.FloatRange(min=0), default=BACKBONE_LR_RATIO, show_default=True,
               help="Backbone rate relative to --lr when starting from pretrained weights (discriminative rates).")
-@click.option("--freeze-epochs", type=click.IntRange(min=0), default=5, show_default=True, metavar="N",
+@click.option("--freeze-epochs", type=click.IntRange(min=0), default=DEFAULTS.freeze_epochs, show_default=True, metavar="N",
               help="Starting from pretrained weights (--pretrained or --weights) without --freeze: first train "
                    "the new head alone for up to N epochs on the frozen backbone (its features of the plain "
                    "images computed once, so this costs about one backbone pass; no augmentation, mixup or EMA "
@@ -253,7 +263,7 @@ def command(manifest: str, arch: str, list_archs: str | None, as_json: bool, ima
             mean: str | None, std: str | None, freeze: bool, head: str | None,
             feature_views: int, width: int | None, depth: int | None, hidden: int | None, block_dropout: float | None, dropout: float,
             lr: float | None, backbone_lr: float | None, backbone_lr_ratio: float, freeze_epochs: int,
-            find_lr: bool, find_lr_plot: str | None, resume: str | None, **loop: object) -> None:
+            find_lr: bool, find_lr_plot: str | None, resume: str | None, **loop: Any) -> None:
     """Train a classifier on a manifest's train split, selecting it on the val split.
 
     Reads the manifest (from prepare) from MANIFEST or stdin and writes a run folder
@@ -324,14 +334,12 @@ def command(manifest: str, arch: str, list_archs: str | None, as_json: bool, ima
             raise UsageProblem(f"--arch {arch} does not take {', '.join('--' + o.replace('_', '-') for o in unknown)} "
                                f"(it takes: {takes})")
         from_pretrained = weights is not None or (spec.pretrainable and pretrained is not False)
-        if lr is None:
-            lr = 1e-3 if from_pretrained else 2e-3
-        if backbone_lr is None and from_pretrained and not freeze:
-            backbone_lr = lr * backbone_lr_ratio
+        lr, backbone_lr = learning_rates(lr, backbone_lr, backbone_lr_ratio, from_pretrained=from_pretrained,
+                                         backbone_trains=not freeze)
         fine_tuning = from_pretrained and not freeze  # the recipe of fine-tuning trained weights applies
         for key, value in FINETUNE_RECIPE.items():
             if loop[key] is None:
-                loop[key] = value if fine_tuning else {"schedule": "cosine"}.get(key, 0.0)
+                loop[key] = value if fine_tuning else getattr(DEFAULTS, key)
         if (loop["mixup"] or loop["cutmix"]) and freeze and feature_views:
             raise UsageProblem("--mixup/--cutmix blend images, not fixed feature views: drop --feature-views")
         header, records, reader = read_all(open_input(manifest))
@@ -341,7 +349,7 @@ def command(manifest: str, arch: str, list_archs: str | None, as_json: bool, ima
             pretrained=pretrained, weights=weights, weights_name=weights_name, arch_options=options, dropout=dropout,
             trainable_blocks=0 if freeze else None, head=head, feature_views=feature_views, lr=lr,
             backbone_lr=backbone_lr, freeze_epochs=freeze_epochs,
-            **loop,  # type: ignore[arg-type]
+            **loop,
         )
         if find_lr:
             _find_lr(header, records, reader, cfg, find_lr_plot)

@@ -81,9 +81,9 @@ def resolve_device(name: str, paths: Sequence[str | os.PathLike]) -> str:
         from imgcls.evaluation.onnx_backend import resolve_device as onnx_device
 
         return onnx_device(name)
-    from imgcls.evaluation.inference import resolve_device as torch_device
+    from imgcls.devices import resolve_device as torch_device
 
-    return torch_device(name)
+    return str(torch_device(name))
 
 
 def check_options(paths: Sequence[str | os.PathLike], *, tta: bool = False, explain: bool = False) -> None:

@@ -168,10 +168,10 @@ def overlay(image, heat: np.ndarray, max_side: int | None = None):
     if max_side:
         scale = max_side / max(base.width, base.height)
         size = (max(1, round(base.width * scale)), max(1, round(base.height * scale)))
-        base = base.resize(size, Image.NEAREST if scale > 1 else Image.LANCZOS)
+        base = base.resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
     grey = np.asarray(base.convert("L"), dtype=np.float64)[..., None]
     heat_img = Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8), "L")
-    heat_img = heat_img.resize(base.size, Image.BILINEAR)
+    heat_img = heat_img.resize(base.size, Image.Resampling.BILINEAR)
     colour = colorize(np.asarray(heat_img, dtype=np.float64) / 255.0).astype(np.float64)
     blended = 0.4 * grey + 0.6 * colour
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), "RGB")

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from imgcls.metadata import is_number
+
 # -- escaping ---------------------------------------------------------------------------------------
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -98,10 +100,6 @@ def script_json(obj: Any) -> str:
 DASH = "\u2013"
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def pct(value: Any, digits: int = 1) -> str:
     return f"{100 * value:.{digits}f}%" if is_number(value) else DASH
 
@@ -133,7 +131,7 @@ class ModelAssets:
     history: list[dict[str, Any]] = field(default_factory=list)
     history_source: str | None = None
     # one entry per errors.most_confident item: {"image", "cam_pred", "cam_true"} data URIs (or None)
-    mistakes: list[dict[str, str | None]] = field(default_factory=list)
+    mistakes: list[dict[str, Any]] = field(default_factory=list)  # data URIs (or None), cam_true_empty
     cam_layer: str | None = None  # which block Grad-CAM explains, in words
     notes: list[str] = field(default_factory=list)
 
@@ -224,7 +222,7 @@ def line_chart(series: Sequence[Series], *, title: str, xlabel: str, ylabel: str
         parts.append(el("line", x1=str(left), x2=str(left + pw), y1=f"{y:.1f}", y2=f"{y:.1f}", class_="grid"))
         parts.append(el("text", yfmt(t), x=str(left - 6), y=f"{y + 4:.1f}", class_="tick", text_anchor="end"))
     if xcategories is not None:
-        xt = [(i, name) for i, name in enumerate(xcategories)]
+        xt: list[tuple[float, str]] = [(i, name) for i, name in enumerate(xcategories)]
     else:
         integer = all(float(x).is_integer() for x in xs)
         xt = [(t, f"{t:g}") for t in _ticks(xlo, xhi, 6) if not integer or float(t).is_integer()]
@@ -554,15 +552,16 @@ def calibration_part(report: dict[str, Any], name: str, anchor: str) -> Markup:
 
 def learning_part(assets: ModelAssets | None, name: str, anchor: str) -> Markup:
     history = assets.history if assets else []
-    if not history:
+    if not history or assets is None:
         where = assets.history_source if assets and assets.history_source else "the model's run folder"
         return note(f"No training history ({where} has no history.jsonl): learning curves need the run folder "
                     f"the model was trained in (imgcls train and finetune write it).")
     epochs = [h.get("epoch") for h in history]
     vlines = []
     for k in range(1, len(history)):
-        if history[k].get("phase") != history[k - 1].get("phase") and is_number(epochs[k]):
-            vlines.append((epochs[k] - 0.5, str(history[k].get("phase") or "")))
+        epoch = epochs[k]
+        if history[k].get("phase") != history[k - 1].get("phase") and is_number(epoch):
+            vlines.append((epoch - 0.5, str(history[k].get("phase") or "")))
     best = [h.get("epoch") for h in history if h.get("best")]
     if best and is_number(best[-1]):
         vlines.append((best[-1], "best"))
@@ -712,7 +711,7 @@ def robustness_charts(reports: Sequence[dict[str, Any]], anchor: str) -> Markup:
         series = []
         for m, r in enumerate(reports):
             rob = r.get("robustness") or {}
-            pts = []
+            pts: list[tuple[float, float]] = []
             if is_number((rob.get("clean") or {}).get("accuracy")):
                 pts.append((0, rob["clean"]["accuracy"]))
             for p in rob.get("perturbations") or []:

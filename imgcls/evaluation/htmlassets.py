@@ -41,7 +41,7 @@ def thumbnail_uri(image) -> str:
     if max(image.size) <= THUMB:
         return data_uri(image, "PNG")
     scale = THUMB / max(image.size)
-    small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
+    small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS)
     return data_uri(small, "JPEG")
 
 

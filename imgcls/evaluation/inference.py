@@ -27,7 +27,6 @@ import numpy as np
 
 from imgcls.errors import UsageProblem
 
-DEVICES_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N"
 
 
 @dataclass
@@ -51,24 +50,6 @@ class Batch:
 def default_workers() -> int:
     """Decoding threads: enough to keep a CPU model fed, few enough not to starve it."""
     return max(1, min(4, os.cpu_count() or 1))
-
-
-def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; refuse a GPU that is not there."""
-    import torch
-
-    name = (name or "auto").strip().lower()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return "cpu"
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise UsageProblem(f"--device {name}: no CUDA GPU is visible here; use --device cpu (or auto)")
-        if ":" in name and int(name[5:]) >= torch.cuda.device_count():
-            raise UsageProblem(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
-        return name
-    raise UsageProblem(f"--device {name!r}: expected {DEVICES_HELP}")
 
 
 def _load_one(path: str | os.PathLike, image_size: int, channels: int):
@@ -348,6 +329,7 @@ def decode_all(
         if errors:
             bad = errors[0]
             raise DataError(f"{bad.path}: {bad.message}")
+        assert array is not None  # None only when every image of the batch failed
         out[indices] = array
         if on_batch is not None:
             on_batch(len(indices))

@@ -45,9 +45,10 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
     for b in range(n_bins):
         mask = which == b
         count = int(mask.sum())
-        conf = float(confidence[mask].mean()) if count else None
-        acc = float(correct[mask].mean()) if count else None
+        conf: float | None = None
+        acc: float | None = None
         if count:
+            conf, acc = float(confidence[mask].mean()), float(correct[mask].mean())
             ece += abs(acc - conf) * count / n
         bins.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count,
                      "confidence": conf, "accuracy": acc})
@@ -160,7 +161,7 @@ def error_analysis(
          "prob": float(probs[i, y_pred[i]]), "prob_true": float(probs[i, y_true[i]])}
         for i in order
     ]
-    pairs = []
+    pairs: list[dict[str, Any]] = []
     for t, row in enumerate(counts):
         support = sum(row)
         for p, count in enumerate(row):

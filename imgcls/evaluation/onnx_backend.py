@@ -74,10 +74,11 @@ def _threads() -> int:
         return 0
 
 
+ONNX_DEVICES_HELP = "auto (CUDA with onnxruntime-gpu, else the CPU), cpu, cuda or cuda:N"
+
+
 def resolve_device(name: str) -> str:
     """'auto' -> 'cuda' with onnxruntime's CUDA provider (onnxruntime-gpu), else 'cpu'; 'cuda[:N]' only with it."""
-    from imgcls.evaluation.inference import DEVICES_HELP
-
     name = (name or "auto").strip().lower()
     if name == "auto":
         ort = require_onnxruntime("an ONNX model")
@@ -90,7 +91,7 @@ def resolve_device(name: str) -> str:
             raise UsageProblem(f"--device {name}: this onnxruntime has no CUDA provider (install onnxruntime-gpu); "
                                f"use --device cpu (or auto)")
         return name
-    raise UsageProblem(f"--device {name!r}: expected {DEVICES_HELP}")
+    raise UsageProblem(f"--device {name!r}: expected {ONNX_DEVICES_HELP}")
 
 
 def _providers(ort, device: str) -> list:
@@ -150,6 +151,7 @@ def _info_from_overrides(path: Path, overrides: ModelOverrides, channels: int | 
     if missing:
         raise ModelError(f"{path}: an ONNX file without imgcls metadata (not written by imgcls export): "
                          f"pass {' and '.join(missing)} to run it")
+    assert overrides.classes is not None and image_size is not None  # else missing
     try:
         classes = check_classes(list(overrides.classes), "--classes")
     except FieldProblem as exc:

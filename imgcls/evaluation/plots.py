@@ -152,7 +152,7 @@ def captioned_sheet(items: list[tuple[str, str, str]], path: Path, thumb: int = 
             scale = min(inner / img.width, inner / img.height)
             size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
             # small images are blown up with visible pixels rather than blurred
-            img = img.resize(size, Image.NEAREST if scale > 1 else Image.LANCZOS)
+            img = img.resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
             sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
         except ImageRejected:
             draw.rectangle([x + 2, y + 2, x + thumb - 3, y + thumb - 3], outline="grey")

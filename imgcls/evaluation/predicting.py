@@ -10,7 +10,7 @@ import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from imgcls.errors import ModelError
 
@@ -71,7 +71,7 @@ def _looks_like_manifest(path: Path) -> bool:
     return head.startswith(b"{")
 
 
-def _manifest_paths(source: str | os.PathLike | TextIO, name: str | None = None) -> list[str]:
+def _manifest_paths(source: str | os.PathLike | IO[Any], name: str | None = None) -> list[str]:
     from imgcls.manifest import ManifestReader
 
     reader = ManifestReader(source, name=name)

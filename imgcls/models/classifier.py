@@ -55,6 +55,7 @@ class Classifier(nn.Module):
         self.feature_dim = feature_dim
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
         self.head_norm: str | None = None
+        self.weights_source: str | None = None  # where the starting weights came from (None: random)
         # Stored as a plain list, not registered twice as submodules.
         self._blocks: list[nn.Module] = list(blocks) if blocks is not None else [backbone]
         self.trainable_blocks: int | None = None  # None: everything trains

@@ -292,13 +292,16 @@ def build_backbone(arch: str, image_size: int | None = None) -> tuple[nn.Module,
 
 def _adapt_state(arch: str, net: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
     """A ViT's position embedding resampled to the input size it is built for (torchvision's own helper)."""
+    import torch
+
     from imgcls.models.weights import strip_prefixes
 
     key = "encoder.pos_embedding"
-    if not hasattr(net, "encoder") or not hasattr(net.encoder, "pos_embedding"):
+    embedding = getattr(getattr(net, "encoder", None), "pos_embedding", None)
+    if not isinstance(embedding, torch.Tensor):
         return state
     state = strip_prefixes(state)
-    if key in state and tuple(state[key].shape) != tuple(net.encoder.pos_embedding.shape):
+    if key in state and tuple(state[key].shape) != tuple(embedding.shape):
         from torchvision.models.vision_transformer import interpolate_embeddings
 
         state = interpolate_embeddings(net.image_size, net.patch_size, dict(state), reset_heads=False)

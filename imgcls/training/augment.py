@@ -12,11 +12,10 @@ from outside are the nearest edge pixels (Keras' ``fill_mode="nearest"``).
 The photometric policies of the strong preset (TrivialAugmentWide) are torchvision's
 own v2 transforms, applied per image on uint8 tensors, before normalisation.
 
-Presets (``flip`` is a separate switch, on by default):
-
-* ``light``: shift up to 8 % of the side, horizontal flip;
-* ``standard``: rotation +-15 degrees, shift 10 %, zoom +-10 %, horizontal flip;
-* ``strong``: standard plus TrivialAugmentWide (one random photometric/geometric op per image).
+The presets' magnitudes live in :data:`imgcls.training.config.AUGMENT_PRESETS` (``flip`` is
+a separate switch, on by default): ``light`` shifts, ``standard`` adds rotation and zoom
+(Keras ``ImageDataGenerator`` style), ``strong`` adds TrivialAugmentWide (one random
+photometric/geometric op per image).
 
 Horizontal flip is right for photos of objects, clothes, animals, plants; it is wrong for
 digits, letters, text and anything with handedness: use ``--no-flip`` there.
@@ -26,10 +25,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-PRESETS = ("none", "light", "standard", "strong")
+from imgcls.training.config import AUGMENT_PRESETS, AUGMENTS
+
+PRESETS = AUGMENTS
 
 
 @dataclass(frozen=True)
@@ -50,16 +52,12 @@ class AugmentSpec:
 
 
 def preset(name: str, flip: bool = True) -> AugmentSpec:
-    """The augmentation for a ``--augment`` preset name."""
-    if name == "none":
-        return AugmentSpec()
-    if name == "light":
-        return AugmentSpec(shift=0.08, flip=flip)
-    if name == "standard":
-        return AugmentSpec(rotation=15.0, shift=0.1, zoom=0.1, flip=flip)
-    if name == "strong":
-        return AugmentSpec(rotation=15.0, shift=0.1, zoom=0.1, flip=flip, policy="trivialaugment")
-    raise ValueError(f"unknown augmentation preset {name!r}; choose from {', '.join(PRESETS)}")
+    """The augmentation for a ``--augment`` preset name (``flip``: keep the preset's flips)."""
+    if name not in AUGMENT_PRESETS:
+        raise ValueError(f"unknown augmentation preset {name!r}; choose from {', '.join(PRESETS)}")
+    spec = dict(AUGMENT_PRESETS[name])
+    spec["flip"] = bool(spec.get("flip")) and flip
+    return AugmentSpec(**spec)
 
 
 class PolicyAugment:
@@ -127,7 +125,7 @@ def augmentation_record(name: str, flip: bool, prior: dict | None = None) -> dic
     model fine-tuned without flips still saw flipped images in its first phase.
     """
     spec = preset(name, flip)
-    record = {"preset": name, "flip": spec.flip, "shift": spec.shift, "rotation": spec.rotation, "zoom": spec.zoom}
+    record: dict[str, Any] = {"preset": name, "flip": spec.flip, "shift": spec.shift, "rotation": spec.rotation, "zoom": spec.zoom}
     if prior:
         record["flip"] = bool(record["flip"] or prior.get("flip"))
         for key in ("shift", "rotation", "zoom"):

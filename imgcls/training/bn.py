@@ -112,6 +112,8 @@ def _average_over_ranks(layers: list[nn.Module], used: int) -> int:
     world = distributed.info().world_size
     for bn in layers:
         for buf in (bn.running_mean, bn.running_var):
+            if not isinstance(buf, torch.Tensor):  # track_running_stats=False: nothing to average
+                continue
             dist.all_reduce(buf.data)
             buf.data.div_(world)
             dist.broadcast(buf.data, src=0)

@@ -101,6 +101,7 @@ def check_training_memory(cfg: Any, num_classes: int, n_images: int, device: tor
 
     parts = estimate_training_bytes(cfg, num_classes, n_images, PRELOAD_LIMIT_BYTES)
     need = parts["weights"] + parts["activations"] + parts["batch"] + (parts["images"] if device.type == "cpu" else 0)
+    limit: int | None
     if device.type == "cuda":
         limit = torch.cuda.get_device_properties(device).total_memory
         where, free = "the GPU", None

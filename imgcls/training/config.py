@@ -1,4 +1,9 @@
-"""Training configuration: one dataclass, stored in the model file and the checkpoint."""
+"""Training configuration: one dataclass, stored in the model file and the checkpoint.
+
+Also the one home of the training vocabularies (optimizers, schedules, augmentation
+presets), the fine-tuning recipe and the learning-rate rule: the torch-free command layer
+builds its options, defaults and help texts from this module (no torch here).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,68 @@ CLASS_WEIGHTS = ("none", "auto")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # Fine-tuning trained weights (finetune; train from pretrained weights without --freeze): these settings
 # unless given, whatever the parent used. Chosen by the recipes study (docs/benchmarks.md).
-FINETUNE_RECIPE = {"schedule": "onecycle", "mixup": 0.2, "label_smoothing": 0.1}
+FINETUNE_RECIPE: dict[str, Any] = {"schedule": "onecycle", "mixup": 0.2, "label_smoothing": 0.1}
+FINETUNE_EPOCHS = 10  # finetune's --epochs (train's is TrainConfig.epochs)
+
+# The learning-rate rule. From scratch: TrainConfig.lr. From trained weights (pretrained backbones, finetune):
+# PRETRAINED_LR for the head (recipes study, docs/benchmarks.md: with the onecycle warm-up 1e-3 beat 3e-4 and
+# 1e-4), and BACKBONE_LR_RATIO times that for a backbone that trains (discriminative rates).
+PRETRAINED_LR = 1e-3
+BACKBONE_LR_RATIO = 0.1
+
+# --augment presets of the on-the-fly training augmentation (imgcls.training.augment.AugmentSpec fields),
+# and of their offline twins (imgcls.augment.PRESETS, imgcls augment --preset). "flip" is a separate switch.
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "light": {"shift": 0.08, "flip": True},
+    "standard": {"rotation": 15.0, "shift": 0.1, "zoom": 0.1, "flip": True},
+    "strong": {"rotation": 15.0, "shift": 0.1, "zoom": 0.1, "flip": True, "policy": "trivialaugment"},
+}
+AUGMENTS = tuple(AUGMENT_PRESETS)
+
+
+def describe_augment_preset(name: str) -> str:
+    """A preset's magnitudes in words, for --help: "rotation 15 deg, shift 10%, zoom 10%, flip".
+
+    A preset that extends an earlier one reads "standard + TrivialAugmentWide".
+    """
+    spec = AUGMENT_PRESETS[name]
+    if not spec:
+        return "none"
+    for earlier in reversed(AUGMENTS[:AUGMENTS.index(name)]):
+        base = AUGMENT_PRESETS[earlier]
+        if base and base.items() <= spec.items():
+            rest = {k: v for k, v in spec.items() if k not in base}
+            return f"{earlier} + {_describe(rest)}"
+    return _describe(spec)
+
+
+def _describe(spec: dict[str, Any]) -> str:
+    parts = []
+    if spec.get("rotation"):
+        parts.append(f"rotation {spec['rotation']:g} deg")
+    if spec.get("shift"):
+        parts.append(f"shift {spec['shift'] * 100:g}%")
+    if spec.get("zoom"):
+        parts.append(f"zoom {spec['zoom'] * 100:g}%")
+    if spec.get("flip"):
+        parts.append("flip")
+    if spec.get("policy") == "trivialaugment":
+        parts.append("TrivialAugmentWide")
+    return ", ".join(parts)
+
+
+def learning_rates(lr: float | None, backbone_lr: float | None, backbone_lr_ratio: float | None, *,
+                   from_pretrained: bool, backbone_trains: bool) -> tuple[float, float | None]:
+    """(head rate, backbone rate) by the rule above; values given (not None) are kept.
+
+    ``backbone_lr_ratio`` None: no separate backbone rate (it learns at the head's).
+    """
+    if lr is None:
+        lr = PRETRAINED_LR if from_pretrained else TrainConfig.lr
+    if backbone_lr is None and from_pretrained and backbone_trains and backbone_lr_ratio is not None:
+        backbone_lr = lr * backbone_lr_ratio
+    return lr, backbone_lr
 
 
 @dataclass
@@ -39,7 +105,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     lr: float = 2e-3
     backbone_lr: float | None = None  # fine-tuning: learning rate of the unfrozen backbone blocks
-    weight_decay: float = 0.05
+    weight_decay: float = 0.01
     momentum: float = 0.9
     schedule: str = "cosine"
     label_smoothing: float = 0.0

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -367,9 +367,10 @@ class Feeder:
                        augment: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         chunks = self._index_batches(order, drop_single)
         policy = self.augment.policy if self.augment is not None and augment else None
-        if self.data.preloaded and policy is None:
+        images = self.data.images  # None: not preloaded
+        if images is not None and policy is None:
             for idx in chunks:
-                yield self.data.images[idx], self.data.labels[idx]
+                yield images[idx], self.data.labels[idx]
             return
         if policy is not None:
             # one draw per pass from the global RNG (restored by --resume, distinct per DDP rank),
@@ -444,8 +445,16 @@ class FeatureFeeder:
             yield self.features[idx], self.labels[idx]
 
 
+class ImageBatches(Protocol):
+    """What :func:`extract_features` reads: normalised (images, labels) batches in file order, on ``device``."""
+
+    device: torch.device
+
+    def batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
 @torch.no_grad()
-def extract_features(model: Any, feeder: Feeder, amp: Any = None) -> torch.Tensor:
+def extract_features(model: Any, feeder: ImageBatches, amp: Any = None) -> torch.Tensor:
     """Run the (frozen, eval-mode) backbone once over every image, in file order."""
     was_training = model.training
     model.eval()

@@ -214,7 +214,7 @@ class ViewFeeder:
         if order is None:
             order = torch.arange(len(data))
         for idx in torch.split(order, self.batch_size):
-            images = data.images[idx] if data.preloaded else torch.stack([data.item(int(i)) for i in idx])
+            images = data.images[idx] if data.images is not None else torch.stack([data.item(int(i)) for i in idx])
             if self.policy is not None:
                 with torch.random.fork_rng(devices=[]):
                     images = self.policy(images, seeds=[image_seed(self.seed, self.view, int(i)) for i in idx])

@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,24 +35,8 @@ from imgcls.training.config import TrainConfig
 from imgcls.training.ema import build_ema
 from imgcls.training.mix import build_mixer
 
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA, then Apple MPS, then the CPU. An explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageProblem(f"--device {name}: not a device (auto, cpu, cuda, cuda:N, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageProblem("--device cuda: no CUDA GPU is available to this PyTorch build")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageProblem("--device mps: Apple MPS is not available here")
-    return device
+if TYPE_CHECKING:
+    from imgcls.models.classifier import Classifier
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -72,7 +56,7 @@ class Precision:
 
     def __init__(self, device: torch.device, enabled: bool):
         self.enabled = enabled and device.type == "cuda"
-        self.dtype = None
+        self.dtype: torch.dtype | None = None
         if self.enabled:
             self.dtype = torch.bfloat16 if native_bf16(device) else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
@@ -85,10 +69,12 @@ class Precision:
 
     @property
     def label(self) -> str:
+        if self.dtype is None:
+            return "fp32"
         return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr: float | None = None) -> list[dict]:
+def param_groups(model: Classifier, lr: float, weight_decay: float, backbone_lr: float | None = None) -> list[dict]:
     """Trainable parameters only; the head at ``lr``, the backbone at ``backbone_lr``; no decay on biases/norms."""
     groups = []
     parts = [("head", model.head, lr), ("backbone", model.backbone, lr if backbone_lr is None else backbone_lr)]
@@ -103,7 +89,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr: 
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: Classifier, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr)
     if not groups:
         raise UsageProblem("nothing to train: every parameter is frozen")
@@ -170,11 +156,12 @@ def compiled_forward(module: nn.Module) -> Callable[[nn.Module, torch.Tensor], t
     return forward
 
 
-def _num_classes(model: nn.Module) -> int:
+def _num_classes(model: Classifier) -> int:
     """Outputs of the model's head (its last layer with ``out_features``)."""
     for module in reversed(list(model.head.modules())):
-        if hasattr(module, "out_features"):
-            return int(module.out_features)
+        out_features = getattr(module, "out_features", None)
+        if out_features is not None:
+            return int(out_features)
     raise UsageProblem("--mixup/--cutmix: cannot tell the number of classes from this model's head")
 
 
@@ -216,7 +203,7 @@ class Trainer:
     its state dict, snapshots and checkpoints are those of a single process.
     """
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, train_feed: Any, val_feed: Any, device: torch.device, *,
+    def __init__(self, model: Classifier, cfg: TrainConfig, train_feed: Any, val_feed: Any, device: torch.device, *,
                  forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
                  class_weights: torch.Tensor | None = None, epoch_offset: int = 0,
                  history: Sequence[dict[str, Any]] = (), reporter: Any = None,
@@ -432,7 +419,7 @@ class Trainer:
                 st.epoch += 1
                 if improved:
                     st.best_val_loss, st.best_epoch, st.bad_epochs = score, epoch_no, 0
-                    self.best_state = self.snapshot(self.ema.module if weights == "ema" else None)
+                    self.best_state = self.snapshot(self.ema.module if weights == "ema" and self.ema is not None else None)
                 elif st.epoch > self.patience_from:
                     st.bad_epochs += 1
                 record = {

@@ -26,10 +26,11 @@ from imgcls.errors import DataError, UsageProblem
 from imgcls.manifest import Header, Record, manifest_hash
 from imgcls.training import distributed
 from imgcls.training._console import detail, info, warn
-from imgcls.training.config import FINETUNE_RECIPE, TrainConfig
+from imgcls.training.config import BACKBONE_LR_RATIO, FINETUNE_RECIPE, TrainConfig, learning_rates
 from imgcls.training.data import (Feeder, FeatureFeeder, ImageSet, Splits, extract_features, infer_geometry,
                                   split_records)
-from imgcls.training.loop import FitResult, Trainer, resolve_device
+from imgcls.devices import resolve_device
+from imgcls.training.loop import FitResult, Trainer
 from imgcls.training.rundir import RunDir, resolve_run
 
 SCRATCH_SIZE_RANGE = (8, 64)
@@ -134,7 +135,7 @@ class _ShardFeeder:
     def __init__(self, feeder: Any, order: torch.Tensor):
         self.feeder, self.order, self.device = feeder, order, feeder.device
 
-    def batches(self):
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in self.feeder.batches(self.order):
             if y.shape[0]:
                 yield x, y
@@ -190,7 +191,7 @@ class Session:
             # Fixed input sizes: let cuDNN pick the fastest convolution algorithms once.
             torch.backends.cudnn.benchmark = True
 
-    def prepare(self) -> Trainer:
+    def prepare(self) -> Trainer | None:
         """Decode images, build feeders (or cached features) and the trainer. No files are written yet."""
         from imgcls.cache import resolve_cache_dir
         from imgcls.training.augment import preset
@@ -308,7 +309,7 @@ class Session:
         paths = {name: [resolve_path(r, self.root) for r in recs] for name, recs in records.items()}
         shas = {name: [r.get("sha256") for r in recs] for name, recs in records.items()}
         specs = [None if v is None else view_spec(cfg.augment, augment, cfg.seed, v) for v in views]
-        wanted = [("val", None, store.key(paths["val"], shas["val"], None))]
+        wanted: list[tuple[str, int | None, Any]] = [("val", None, store.key(paths["val"], shas["val"], None))]
         wanted += [("train", view, store.key(paths["train"], shas["train"], spec)) for view, spec in zip(views, specs)]
         found = {key: store.lookup(key) for _, _, key in wanted}
         lookup_s = time.perf_counter() - t0
@@ -467,6 +468,7 @@ class Session:
         from imgcls.training.checkpoint import checkpoint_payload
 
         trainer = self.trainer
+        assert trainer is not None
         state = trainer.checkpoint_state()
         state.update(classes=self.classes, manifest_hash=self.mhash)
         if self.run_config is not None:
@@ -485,7 +487,8 @@ class Session:
         from imgcls.training.checkpoint import write_checkpoint
 
         assert self.run is not None
-        if self._pending_model is not None and model and self.trainer.best_state is not None:
+        if (self._pending_model is not None and model and self.trainer is not None
+                and self.trainer.best_state is not None):
             self.save_model(extra=self._pending_model, state=self.trainer.best_state)
         self._pending_model = None
         if self._pending_checkpoint is not None:
@@ -506,10 +509,12 @@ class Session:
         import signal
         import threading
 
+        trainer = self.trainer
+        assert trainer is not None
         handled = (not self.dist.enabled and threading.current_thread() is threading.main_thread()
                    and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
         if not handled:
-            return self.trainer.fit()
+            return trainer.fit()
 
         def on_sigterm(signum: int, frame: Any) -> None:
             self.stop_signal = signum
@@ -517,7 +522,7 @@ class Session:
 
         signal.signal(signal.SIGTERM, on_sigterm)
         try:
-            return self.trainer.fit()
+            return trainer.fit()
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
@@ -548,7 +553,7 @@ class Session:
         final = trainer.best_state is not None and not result.interrupted
         if final:
             trainer.restore_best()
-            extra = {"best_epoch": result.best_epoch, "epochs_run": self.epoch_offset + result.epochs_run,
+            extra: dict[str, Any] = {"best_epoch": result.best_epoch, "epochs_run": self.epoch_offset + result.epochs_run,
                      "stopped_early": result.stopped_early,
                      "val_loss": result.best_val_loss if math.isfinite(result.best_val_loss) else None}
             best = [h for h in result.history if h["epoch"] == result.best_epoch]
@@ -594,8 +599,10 @@ class Session:
             y = labels.cpu().repeat(len(views)).numpy()
             groups = np.tile(np.arange(n), len(views))
             val = (self.val_feed.features.float().cpu().numpy(), self.val_feed.labels.cpu().numpy())
-            with _fit_progress(cfg.head) as progress, self._sigterm_stops():
-                fit = FITTERS[cfg.head](x, y, len(self.classes), val=val, groups=groups,
+            head = cfg.head
+            assert head is not None  # a closed-form head (logreg, ncm)
+            with _fit_progress(head) as progress, self._sigterm_stops():
+                fit = FITTERS[head](x, y, len(self.classes), val=val, groups=groups,
                                         class_weight=cfg.class_weights, seed=cfg.seed, progress=progress)
             linear = model.head[1]
             with torch.no_grad():
@@ -972,6 +979,7 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
     session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, callbacks=callbacks,
                       run_config=run_cfg, prior_augmentation=_parent_augmentation(cfg.parent))
     trainer = session.prepare()
+    assert trainer is not None  # a run with a checkpoint trains by SGD (heads fitted in one step write none)
     best_state = None
     if run.model_path.exists():
         try:
@@ -1029,14 +1037,15 @@ def read_parent_history(model_path: Path) -> list[dict[str, Any]]:
 
 
 def finetune(header: Header, records: Sequence[Record], root: Path, model_path: str | Path,
-             overrides: dict[str, Any], *, unfreeze: int | None, backbone_lr_ratio: float | None = 0.1,
+             overrides: dict[str, Any], *, unfreeze: int | None, backbone_lr_ratio: float | None = BACKBONE_LR_RATIO,
              out: Path | str | None = None, callbacks: Sequence[Callable[..., None]] = (),
              name: str = "manifest") -> RunResult:
     """Continue training a saved model with the last ``unfreeze`` blocks trainable (None: all).
 
     Configuration is inherited from the parent model's training config, then ``overrides``
-    (None values mean "inherit"). The backbone learns at ``backbone_lr`` or
-    ``lr * backbone_lr_ratio``.
+    (None values mean "inherit"), except the fine-tuning recipe and the rates of trained
+    weights (:func:`~imgcls.training.config.learning_rates`): the head learns at ``lr``
+    (default ``PRETRAINED_LR``), the backbone at ``backbone_lr`` or ``lr * backbone_lr_ratio``.
     """
     from imgcls.models.io import load_model, resolve_model_path
 
@@ -1059,8 +1068,9 @@ def finetune(header: Header, records: Sequence[Record], root: Path, model_path: 
         cfg = replace(cfg, freeze_bn=True)  # the parent's statistics fit this data (or ImageNet's fit its weights)
     # the fine-tuning recipe (warm-up + cosine, mixup, label smoothing), whatever the parent trained with
     cfg = replace(cfg, **{k: v for k, v in FINETUNE_RECIPE.items() if overrides.get(k) is None})
-    if overrides.get("backbone_lr") is None:
-        cfg = replace(cfg, backbone_lr=cfg.lr * backbone_lr_ratio if backbone_lr_ratio is not None else None)
+    lr, backbone_lr = learning_rates(overrides.get("lr"), overrides.get("backbone_lr"), backbone_lr_ratio,
+                                     from_pretrained=True, backbone_trains=True)
+    cfg = replace(cfg, lr=lr, backbone_lr=backbone_lr)
     splits = split_records(records, classes, cfg.seed, cfg.val_fraction, name)
     _check_blocks(model, unfreeze, "--unfreeze")
     torch.manual_seed(cfg.seed)
@@ -1083,6 +1093,7 @@ def finetune(header: Header, records: Sequence[Record], root: Path, model_path: 
          f"run folder: {run.path}")
     # The starting point counts as "best so far" (baseline), so the run folder holds a usable model at once.
     if session.is_main:
+        assert session.trainer is not None  # an SGD-trained head (finetune never fits one in one step)
         session.save_model(extra={"best_epoch": session.trainer.baseline_epoch})
     return session.finish()
 

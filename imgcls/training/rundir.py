@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imgcls.errors import UsageProblem
+from imgcls.errors import OutputNotEmpty, UsageProblem
 from imgcls.training._console import detail, info, warn
 
 DEFAULT_RUNS = Path("runs")
@@ -63,10 +63,10 @@ class RunDir:
                 raise UsageProblem(f"--out {path}: cannot read folder: {exc.strerror or exc}") from None
             if names and not abandoned_run(path):
                 if "checkpoint.safetensors" in names or "model.safetensors" in names:
-                    raise UsageProblem(f"--out {path}: holds a run; continue it with --resume {path}, or choose a "
-                                       f"new folder")
-                raise UsageProblem(f"--out {path}: folder is not empty; choose a new one (or continue a run with "
-                                   f"--resume)")
+                    raise OutputNotEmpty(f"--out {path}: holds a run; continue it with --resume {path}, or "
+                                         f"choose a new folder")
+                raise OutputNotEmpty(f"--out {path}: folder is not empty; choose a new one (or continue a run with "
+                                     f"--resume)")
         else:
             existing = path.parent
             while not existing.exists() and existing.parent != existing:
