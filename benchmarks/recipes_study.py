@@ -46,7 +46,7 @@ DEFAULT_WEIGHTS = fm.REPO.parent / "shared" / "weights" / "mobilenet_v2-imagenet
 # Every recipe but the "defaults" ones spells out each element, so its meaning does not change with the
 # defaults; "defaults" runs imgcls as shipped. scope bounds the CPU: "all" cells, "small" (under 500 per
 # class), "seed0" (small sizes, first seed only), "seed0+500" (that and the cat/dog cell at 500), "cheap"
-# (all but Fashion-MNIST at 500 per class).
+# (all but Fashion-MNIST at 500 per class), "explicit" (every cell, only when named by --recipes).
 # "{W}" and "{S}" stand for the weights file and the MobileNetV2 input size.
 OFF = ["--mixup", "0", "--cutmix", "0", "--ema", "0", "--label-smoothing", "0"]
 TODAY_SCRATCH = ["--precise-bn", "0", *OFF]  # today's defaults (before issue 15)
@@ -77,6 +77,13 @@ RECIPES = {
         ("ft-onecycle+mixup+smoothing", "finetune", [*ONECYCLE, "--mixup", "0.2", "--label-smoothing", "0.1"], True,
          "cheap"),
         ("ft-defaults", "finetune", [], True, "fm500"),
+        # candidates for the small cells where the defaults kept the frozen start (issue 15 follow-up): the
+        # defaults with less of the backbone moving; run with --recipes (scope "explicit": never by default)
+        ("ft-defaults-unfreeze3", "finetune", ["--unfreeze", "3"], False, "explicit"),
+        ("ft-defaults-ratio0.01", "finetune", ["--backbone-lr-ratio", "0.01"], False, "explicit"),
+        ("ft-defaults-unfreeze0", "finetune", ["--unfreeze", "0"], False, "explicit"),  # the head alone
+        # finetune's own epochs (the parent's: 20 after train --freeze), not the study's --finetune-epochs bound
+        ("ft-defaults-20ep", "finetune", ["--epochs", "20"], False, "explicit"),
         ("pre-today", "train", ["--freeze-epochs", "0", "--schedule", "cosine", *OFF], False, "seed0+500"),
         ("pre-defaults", "train", [], False, "seed0+500"),
     ],
@@ -89,9 +96,11 @@ SEEDS = {"cnn": {10: [0, 1, 2], 50: [0, 1], 500: [0]},  # per-class size -> seed
          "mobilenet_v2": {10: [0, 1], 50: [0, 1], 500: [0]}}
 
 
-def in_scope(scope: str, name: str, k: int, seed: int) -> bool:
+def in_scope(scope: str, name: str, k: int, seed: int, explicit: bool = False) -> bool:
     if scope == "all":
         return True
+    if scope == "explicit":  # only when named by --recipes, in every cell
+        return explicit
     if scope == "small":
         return k < 500
     if scope == "seed0":
@@ -176,7 +185,7 @@ def run_cell(args, done: set, out, name: str, arch: str, k: int, seed: int) -> N
         print(json.dumps(row), file=sys.stderr, flush=True)
 
     for recipe, kind, extra, tta, scope in RECIPES[arch]:
-        if not in_scope(scope, name, k, seed):
+        if not in_scope(scope, name, k, seed, explicit=bool(args.recipes) and recipe in args.recipes):
             continue
         if args.recipes and recipe not in args.recipes and not (kind == "finetune" and "frozen" in args.recipes):
             continue
@@ -196,7 +205,7 @@ def run_cell(args, done: set, out, name: str, arch: str, k: int, seed: int) -> N
         if run_dir.exists():
             shutil.rmtree(run_dir)
         if arch != "cnn":
-            epochs = ["--epochs", str(args.finetune_epochs)]
+            epochs = [] if "--epochs" in extra else ["--epochs", str(args.finetune_epochs)]
         elif k >= 500 and name == "fmnist" and "--epochs" not in extra:
             epochs = ["--epochs", str(args.cnn_large_epochs)]
         else:
