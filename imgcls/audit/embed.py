@@ -44,9 +44,9 @@ def _pretrained(arch: str, weights: str | None, weights_name: str | None, use_to
 def _backbone(cfg: Any, records: Sequence[Record], root: Path, n_classes: int):
     """(model, TrainConfig with resolved geometry and normalisation, weights description)."""
     from imgcls.models.registry import get_model, get_spec
-    from imgcls.models.weights import SCRATCH_MEAN, SCRATCH_STD, load_backbone_state
+    from imgcls.models.weights import load_backbone_state
     from imgcls.training.config import TrainConfig
-    from imgcls.training.run import _per_channel, resolve_geometry
+    from imgcls.training.run import resolve_geometry, resolve_normalisation
 
     spec = get_spec(cfg.arch)
     if cfg.pretrained and not spec.pretrainable and not cfg.weights:
@@ -59,18 +59,7 @@ def _backbone(cfg: Any, records: Sequence[Record], root: Path, n_classes: int):
     if pre is None:
         warn(f"{cfg.arch} without pretrained weights: the audit runs on a randomly initialised backbone; its "
              f"findings mean little (pass --weights FILE, or --model FILE for a trained imgcls model)")
-    if cfg.mean:
-        mean = _per_channel(cfg.mean, channels, "--mean")
-    elif pre is not None and pre.mean:
-        mean = _per_channel(pre.mean, channels, f"{pre.source}: mean")
-    else:
-        mean = [SCRATCH_MEAN] * channels
-    if cfg.std:
-        std = _per_channel(cfg.std, channels, "--std")
-    elif pre is not None and pre.std:
-        std = _per_channel(pre.std, channels, f"{pre.source}: std")
-    else:
-        std = [SCRATCH_STD] * channels
+    mean, std = resolve_normalisation(cfg.mean, cfg.std, pre, channels)
     torch.manual_seed(cfg.seed)
     model = get_model(cfg.arch, num_classes=max(2, n_classes), in_channels=channels, dropout=0.0, pretrained=False,
                       weights=pre if (pre is not None and spec.pretrainable) else None)

@@ -64,6 +64,22 @@ def _per_channel(values: Sequence[float], channels: int, what: str) -> list[floa
     return values
 
 
+def resolve_normalisation(mean: Sequence[float], std: Sequence[float], pre: Any,
+                          channels: int) -> tuple[list[float], list[float]]:
+    """mean and std: as given (--mean/--std), else the pretrained weights', else the scratch defaults."""
+    from imgcls.models.weights import SCRATCH_MEAN, SCRATCH_STD
+
+    resolved = []
+    for given, attr, default, flag in ((mean, "mean", SCRATCH_MEAN, "--mean"), (std, "std", SCRATCH_STD, "--std")):
+        if given:
+            resolved.append(_per_channel(given, channels, flag))
+        elif pre is not None and getattr(pre, attr):
+            resolved.append(_per_channel(getattr(pre, attr), channels, f"{pre.source}: {attr}"))
+        else:
+            resolved.append([default] * channels)
+    return resolved[0], resolved[1]
+
+
 def resolve_geometry(cfg: TrainConfig, spec: Any, train: Sequence[Record], root: Path,
                      weights_size: int | None = None) -> tuple[int, int]:
     """Input size and channels: options first, then the pretrained weights' own size, the architecture, the data."""
@@ -760,7 +776,7 @@ def build_training(header: Header, records: Sequence[Record], root: Path, cfg: T
                    name: str = "manifest") -> tuple[TrainConfig, Any, list[str], Splits]:
     """The resolved configuration, the model (with its starting weights), the classes and the splits of a train run."""
     from imgcls.models.registry import get_model, get_spec
-    from imgcls.models.weights import SCRATCH_MEAN, SCRATCH_STD, load_backbone_state, resolve_pretrained
+    from imgcls.models.weights import load_backbone_state, resolve_pretrained
 
     from imgcls.models.heads import DEFAULT_FROZEN_HEAD, HEADS
     from imgcls.models.weights import weights_size
@@ -797,18 +813,7 @@ def build_training(header: Header, records: Sequence[Record], root: Path, cfg: T
         info(f"pretrained weights: {pre.source}")
     if cfg.trainable_blocks == 0 and pre is None:
         warn(f"--freeze without pretrained weights: only the head trains on a randomly initialised {cfg.arch} backbone")
-    if cfg.mean:
-        mean = _per_channel(cfg.mean, channels, "--mean")
-    elif pre is not None and pre.mean:
-        mean = _per_channel(pre.mean, channels, f"{pre.source}: mean")
-    else:
-        mean = [SCRATCH_MEAN] * channels
-    if cfg.std:
-        std = _per_channel(cfg.std, channels, "--std")
-    elif pre is not None and pre.std:
-        std = _per_channel(pre.std, channels, f"{pre.source}: std")
-    else:
-        std = [SCRATCH_STD] * channels
+    mean, std = resolve_normalisation(cfg.mean, cfg.std, pre, channels)
     cfg = replace(cfg, phase="train", image_size=image_size, channels=channels, mean=mean, std=std,
                   pretrained=pre is not None, weights_source=pre.source if pre is not None else None,
                   freeze_bn=(pre is not None) if cfg.freeze_bn is None else cfg.freeze_bn)
