@@ -1,5 +1,11 @@
 """Offline data augmentation with Pillow and NumPy (never torch).
 
+Why one large module: the operations' definitions (``OP_DEFS``), their sampling, the fused
+affine resampling, ``replay`` and the manifest run all share ``OpSpec``, and together they are
+the whole offline-augmentation API (as :mod:`imgcls.perturb` is for perturbations). The only
+separable piece, the manifest run (``plan_copies`` to the end), is short and its only caller
+is the command.
+
 An augmentation *pipeline* is a list of :class:`OpSpec` (operation name, magnitude,
 probability), written on the command line as ``rotate:15,shift:0.1,flip`` (see
 :data:`OPS_SYNTAX`). For each image, :func:`augment_image` samples concrete parameters
