@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= demo
 
-.PHONY: install lint test test-all demo man clean
+.PHONY: install lint test test-all demo man docs clean
 
 $(BIN)/.imgcls-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,12 @@ test-all: install
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} sh examples/demo.sh $(DEMO)
 
-man: install
+# The man pages and README's generated tables (imgcls.docgen); tests fail when either is stale.
+man: docs
 	$(BIN)/python -m imgcls.manpage --write man
+
+docs: install
+	$(BIN)/python -m imgcls.docgen --write
 
 clean:
 	rm -rf $(VENV) $(DEMO) runs

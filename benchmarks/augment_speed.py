@@ -105,10 +105,10 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="folder for the temporary images (default: the system temp folder)")
     args = parser.parse_args()
 
-    from imgcls.augment import PRESETS, augment_image, augment_manifest, parse_ops
+    from imgcls.augment import PRESETS, AugmentConfig, augment_image, augment_manifest, parse_ops
     from imgcls.derived import usable_cpus
     from imgcls.manifest import read_all
-    from imgcls.perturb import FAMILIES, parse_severities, perturb_image, perturb_manifest
+    from imgcls.perturb import FAMILIES, PerturbConfig, parse_severities, perturb_image, perturb_manifest
 
     cpus = usable_cpus()
     work = Path(tempfile.mkdtemp(prefix="imgcls-augbench-", dir=args.workdir))
@@ -131,7 +131,8 @@ def main() -> None:
             out = work / "aug-out"
 
             def once():
-                augment_manifest(header, records, reader.resolve, str(out), PRESETS[preset], copies=1, jobs=jobs)
+                augment_manifest(header, records, reader.resolve, str(out),
+                                 AugmentConfig(PRESETS[preset], copies=1, jobs=jobs))
 
             return rates(args.images, best_of(args.repeat, once, lambda: shutil.rmtree(out, ignore_errors=True)))
 
@@ -140,7 +141,8 @@ def main() -> None:
             out = work / "pert-out"
 
             def once():
-                perturb_manifest(header, records, reader.resolve, str(out), FAMILIES, severities, clean=False, jobs=jobs)
+                perturb_manifest(header, records, reader.resolve, str(out),
+                                 PerturbConfig(FAMILIES, severities, clean=False, jobs=jobs))
 
             return rates(args.perturb_images * len(FAMILIES) * len(severities),
                          best_of(args.repeat, once, lambda: shutil.rmtree(out, ignore_errors=True)))

@@ -1,5 +1,11 @@
 """Offline data augmentation with Pillow and NumPy (never torch).
 
+Why one large module: the operations' definitions (``OP_DEFS``), their sampling, the fused
+affine resampling, ``replay`` and the manifest run all share ``OpSpec``, and together they are
+the whole offline-augmentation API (as :mod:`imgcls.perturb` is for perturbations). The only
+separable piece, the manifest run (``plan_copies`` to the end), is short and its only caller
+is the command.
+
 An augmentation *pipeline* is a list of :class:`OpSpec` (operation name, magnitude,
 probability), written on the command line as ``rotate:15,shift:0.1,flip`` (see
 :data:`OPS_SYNTAX`). For each image, :func:`augment_image` samples concrete parameters
@@ -643,10 +649,24 @@ def plan_copies(
 
 @dataclass(frozen=True)
 class AugmentConfig:
+    """One augment run's settings: what ``augment_manifest`` does and what each worker needs.
+
+    The command's option defaults are these (tests/test_augment.py ties them).
+    """
+
     ops: tuple[OpSpec, ...]
-    seed: int
-    fill: str
-    fmt: str
+    copies: int = 2  # per training image; the command passes 0 when balancing without --copies
+    balance: bool = False
+    per_class: int | None = None
+    seed: int = 0
+    fill: str = "edge"
+    fmt: str = "png"
+    jobs: int = 0  # worker processes; 0: all usable cores
+    force: bool = False  # write into a non-empty out_dir
+    in_process_below: int | None = None  # None: imgcls.derived.IN_PROCESS_BELOW
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ops", tuple(self.ops))
 
 
 def augment_task(config: AugmentConfig, task: tuple[str, str, list[tuple[int, str]]]) -> list[dict] | dict:
@@ -674,16 +694,7 @@ def augment_manifest(
     records: list[dict],
     resolve: Callable[[dict], Any],
     out_dir: str,
-    ops: Sequence[OpSpec],
-    copies: int = 2,
-    balance: bool = False,
-    per_class: int | None = None,
-    seed: int = 0,
-    fill: str = "edge",
-    fmt: str = "png",
-    jobs: int = 0,
-    force: bool = False,
-    in_process_below: int | None = None,
+    config: AugmentConfig,
     progress: Callable[[int], None] | None = None,
     emit: Callable[[dict, list[dict]], None] | None = None,
 ) -> tuple[dict, list[dict], AugmentPlan]:
@@ -697,22 +708,21 @@ def augment_manifest(
     from imgcls.derived import (FORMATS, IN_PROCESS_BELOW, OutputDir, collect_results, finish_output, record_keys,
                                 run_tasks)
 
-    output = OutputDir(out_dir, force=force)
+    output = OutputDir(out_dir, force=config.force)
     keys = record_keys(records)
     classes = list(header.get("classes") or [])
-    plan = plan_copies(records, keys, classes, copies, balance, per_class, FORMATS[fmt])
+    plan = plan_copies(records, keys, classes, config.copies, config.balance, config.per_class, FORMATS[config.fmt])
     order = sorted(plan.sources)
     tasks = [(str(resolve(records[i])), keys[i], [(c, output.staged(rel)) for c, rel in plan.sources[i]])
              for i in order]
-    config = AugmentConfig(tuple(ops), seed, fill, fmt)
     output.make_dirs({rel.split("/")[0] for i in order for _, rel in plan.sources[i]})
-    below = IN_PROCESS_BELOW if in_process_below is None else in_process_below
-    stream = run_tasks(partial(augment_task, config), tasks, jobs, weight=max(1, copies), in_process_below=below)
+    below = IN_PROCESS_BELOW if config.in_process_below is None else config.in_process_below
+    stream = run_tasks(partial(augment_task, config), tasks, config.jobs, weight=max(1, config.copies),
+                       in_process_below=below)
     results = collect_results(output, stream, order, "augmented", lambda i, j, info: plan.sources[i][j][1], progress,
                               commit=False)
     try:
-        new_header, out_records = _augmented_manifest(header, records, results, ops, copies, balance, per_class,
-                                                      seed, fill, fmt, output, plan)
+        new_header, out_records = _augmented_manifest(header, records, results, config, output, plan)
     except BaseException:
         output.abort()
         raise
@@ -720,8 +730,7 @@ def augment_manifest(
     return new_header, out_records, plan
 
 
-def _augmented_manifest(header: dict, records: list[dict], results: dict, ops: Sequence[OpSpec], copies: int,
-                        balance: bool, per_class: int | None, seed: int, fill: str, fmt: str, output: Any,
+def _augmented_manifest(header: dict, records: list[dict], results: dict, config: AugmentConfig, output: Any,
                         plan: AugmentPlan) -> tuple[dict, list[dict]]:
     out_records: list[dict] = []
     for i, record in enumerate(records):
@@ -738,13 +747,13 @@ def _augmented_manifest(header: dict, records: list[dict], results: dict, ops: S
             out_records.append(copy)
     new_header = dict(header)
     new_header["augment"] = {
-        "ops": describe_pipeline(ops),
-        "copies": copies,
-        "balance": bool(balance or per_class is not None),
-        **({"per_class": per_class} if per_class is not None else {}),
-        "seed": seed,
-        "fill": fill,
-        "format": fmt,
+        "ops": describe_pipeline(config.ops),
+        "copies": config.copies,
+        "balance": bool(config.balance or config.per_class is not None),
+        **({"per_class": config.per_class} if config.per_class is not None else {}),
+        "seed": config.seed,
+        "fill": config.fill,
+        "format": config.fmt,
         "out": str(output.path),
         "written": plan.total,
     }

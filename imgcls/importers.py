@@ -1,5 +1,9 @@
 """Materialise datasets as class folders of PNG files, ready for ``imgcls prepare``.
 
+Why one large module: three readers (IDX, CIFAR, digits) and one writer (``materialise``:
+staging folder, fingerprint, atomic rename) share ``Part`` and the destination rules below;
+only the ``prepare`` command (and benchmarks/_fmnist.py, for ``read_idx``) calls them.
+
 * ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, no
   download), written as ``DEST/<digit>/NNNNN.png`` (no official split: prepare
   makes a seeded one).

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -355,13 +355,30 @@ def perturb_image(img, family: str, severity: int, rng: np.random.Generator, fil
 
 
 # -- manifests ------------------------------------------------------------------------------
+# Perturbed images are always PNG: lossless, so the perturbation is all that differs from the source.
+PERTURB_FORMAT = "png"
+
+
 @dataclass(frozen=True)
 class PerturbConfig:
+    """One perturb run's settings: what ``perturb_manifest`` does and what each worker needs.
+
+    The command's option defaults are these (tests/test_perturb.py ties them).
+    """
+
     families: tuple[str, ...]
     severities: tuple[int, ...]
-    seed: int
-    fill: str
-    fmt: str
+    split: str = "test"  # records to perturb: a split name, or "all"
+    clean: bool = True  # also output the clean records
+    seed: int = 0
+    fill: str = "border"
+    jobs: int = 0  # worker processes; 0: all usable cores
+    force: bool = False  # write into a non-empty out_dir
+    in_process_below: int | None = None  # None: imgcls.derived.IN_PROCESS_BELOW
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "families", tuple(self.families))
+        object.__setattr__(self, "severities", tuple(self.severities))
 
 
 def perturb_task(config: PerturbConfig, task: tuple[str, str, list[tuple[str, int, str]]]) -> list[dict] | dict:
@@ -378,7 +395,7 @@ def perturb_task(config: PerturbConfig, task: tuple[str, str, list[tuple[str, in
     for family, severity, dest in outputs:
         rng = derive_rng(config.seed, key, family, severity)
         new, params = perturb_image(img, family, severity, rng, config.fill)
-        info = save_derived(new, dest, config.fmt)
+        info = save_derived(new, dest, PERTURB_FORMAT)
         info["perturbation"] = family
         info["severity"] = severity
         info["transform"] = [{"op": family, "params": params}]
@@ -398,22 +415,14 @@ def perturb_manifest(
     records: list[dict],
     resolve: Callable[[dict], Any],
     out_dir: str,
-    families: Sequence[str],
-    severities: Sequence[int],
-    split: str = "test",
-    clean: bool = True,
-    seed: int = 0,
-    fill: str = "border",
-    jobs: int = 0,
-    force: bool = False,
-    in_process_below: int | None = None,
+    config: PerturbConfig,
     progress: Callable[[int], None] | None = None,
     emit: Callable[[dict, list[dict]], None] | None = None,
 ) -> tuple[dict, list[dict], int]:
     """Write perturbed copies of the selected records; return (header, records, images written).
 
     Output records: for each selected record in input order, the clean record (unless
-    ``clean`` is False) followed by its perturbed versions. Other records are left out.
+    ``config.clean`` is False) followed by its perturbed versions. Other records are left out.
     Images are written into a staging folder and moved into ``out_dir`` only when all are
     written and ``emit(header, records)`` (the command's stdout write) has succeeded; on
     any failure the staging folder is removed and the error re-raised.
@@ -421,7 +430,8 @@ def perturb_manifest(
     from imgcls.derived import IN_PROCESS_BELOW, OutputDir, collect_results, finish_output, record_keys, run_tasks
     from imgcls.errors import DataError
 
-    output = OutputDir(out_dir, force=force)
+    split = config.split
+    output = OutputDir(out_dir, force=config.force)
     chosen = [i for i, r in enumerate(records) if select(r, split)]
     if not chosen:
         splits = sorted({str(r.get("split")) for r in records if r.get("perturbation") is None})
@@ -430,20 +440,19 @@ def perturb_manifest(
             f"choose one with --split, or --split all"
         )
     keys = record_keys(records)
-    pairs = [(f, s) for f in families for s in severities]
-    tasks = [(str(resolve(records[i])), keys[i], [(f, s, output.staged(f"{f}/{s}/{keys[i]}.png")) for f, s in pairs])
+    pairs = [(f, s) for f in config.families for s in config.severities]
+    ext = PERTURB_FORMAT
+    tasks = [(str(resolve(records[i])), keys[i], [(f, s, output.staged(f"{f}/{s}/{keys[i]}.{ext}")) for f, s in pairs])
              for i in chosen]
     written = len(tasks) * len(pairs)
-    config = PerturbConfig(tuple(families), tuple(severities), seed, fill, "png")
     output.make_dirs(f"{f}/{s}" for f, s in pairs)
-    below = IN_PROCESS_BELOW if in_process_below is None else in_process_below
-    stream = run_tasks(partial(perturb_task, config), tasks, jobs, weight=len(pairs), in_process_below=below)
+    below = IN_PROCESS_BELOW if config.in_process_below is None else config.in_process_below
+    stream = run_tasks(partial(perturb_task, config), tasks, config.jobs, weight=len(pairs), in_process_below=below)
     results = collect_results(output, stream, chosen, "perturbed",
-                              lambda i, j, info: f"{info['perturbation']}/{info['severity']}/{keys[i]}.png", progress,
+                              lambda i, j, info: f"{info['perturbation']}/{info['severity']}/{keys[i]}.{ext}", progress,
                               commit=False)
     try:
-        new_header, out_records = _perturbed_manifest(header, records, results, chosen, clean, families, severities,
-                                                      split, seed, fill, output, written)
+        new_header, out_records = _perturbed_manifest(header, records, results, chosen, config, output, written)
     except BaseException:
         output.abort()
         raise
@@ -451,13 +460,12 @@ def perturb_manifest(
     return new_header, out_records, written
 
 
-def _perturbed_manifest(header: dict, records: list[dict], results: dict, chosen: list[int], clean: bool,
-                        families: Sequence[str], severities: Sequence[int], split: str, seed: int, fill: str,
+def _perturbed_manifest(header: dict, records: list[dict], results: dict, chosen: list[int], config: PerturbConfig,
                         output: Any, written: int) -> tuple[dict, list[dict]]:
     out_records: list[dict] = []
     for i in chosen:
         record = records[i]
-        if clean:
+        if config.clean:
             out_records.append(record)
         for info in results[i]:
             new = dict(record)
@@ -468,12 +476,12 @@ def _perturbed_manifest(header: dict, records: list[dict], results: dict, chosen
             out_records.append(new)
     new_header = dict(header)
     new_header["perturb"] = {
-        "kinds": list(families),
-        "severities": list(severities),
-        "split": split,
-        "clean": clean,
-        "seed": seed,
-        "fill": fill,
+        "kinds": list(config.families),
+        "severities": list(config.severities),
+        "split": config.split,
+        "clean": config.clean,
+        "seed": config.seed,
+        "fill": config.fill,
         "out": str(output.path),
         "written": written,
     }

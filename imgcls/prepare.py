@@ -1,5 +1,9 @@
 """Turn folders of images (or manifests) into a checked, split manifest.
 
+Why one large module: it is one pipeline (scan -> decode and check -> group duplicates ->
+split -> manifest), whose stages pass one run's state (``_Run``) along and are used nowhere
+else; each stage is a short section below, in pipeline order.
+
 The decisions a user cannot see in the code, all documented in ``imgcls prepare --help``:
 
 * Layouts: ``SRC/<class>/...`` (nested folders inside a class are allowed, the label

@@ -184,16 +184,18 @@ def test_augment_presets_have_the_documented_ops():
 
 
 def test_augment_option_defaults_are_the_librarys():
-    """The command's defaults and --fill choices are augment_manifest's and imgcls.augment.FILLS."""
-    import inspect
+    """The command's defaults and --fill choices are AugmentConfig's and imgcls.augment.FILLS."""
+    import dataclasses
 
     from imgcls.commands.augment import command
 
     options = {p.name: p for p in command.params}
-    library = inspect.signature(A.augment_manifest).parameters
+    library = {f.name: f.default for f in dataclasses.fields(A.AugmentConfig)}
     for name in ("seed", "fill", "fmt", "jobs", "force", "balance", "per_class"):
-        assert options[name].default == library[name].default, name
-    assert options["copies"].default is None and library["copies"].default == 2  # None: 2, or 0 when balancing
+        assert options[name].default == library[name], name
+    assert options["copies"].default is None and library["copies"] == 2  # None: 2, or 0 when balancing
+    # every AugmentConfig setting is a command option, but the worker count's threshold (a test hook)
+    assert set(library) - {"ops", "in_process_below"} <= set(options)
     assert tuple(options["fill"].type.choices) == A.FILLS
     from imgcls.derived import FORMATS
 
@@ -434,15 +436,16 @@ def test_augment_parallel_matches_serial(tmp_path):
     manifest = write_manifest(tmp_path, {"a": 4, "b": 4})
     header, records, reader = read_all(str(manifest))
     ops = A.PRESETS["strong"]
-    _, serial, _ = A.augment_manifest(header, records, reader.resolve, str(tmp_path / "s"), ops, jobs=1)
-    _, parallel, _ = A.augment_manifest(header, records, reader.resolve, str(tmp_path / "p"), ops, jobs=2,
-                                        in_process_below=0)
+    parallel_config = A.AugmentConfig(ops, jobs=2, in_process_below=0)
+    serial_config = A.AugmentConfig(ops, jobs=1)
+    _, serial, _ = A.augment_manifest(header, records, reader.resolve, str(tmp_path / "s"), serial_config)
+    _, parallel, _ = A.augment_manifest(header, records, reader.resolve, str(tmp_path / "p"), parallel_config)
     assert [r.get("sha256") for r in serial] == [r.get("sha256") for r in parallel]
     assert [r.get("transform") for r in serial] == [r.get("transform") for r in parallel]
     # a bad image in a worker: error naming it, nothing left behind
     Path(records[-1]["path"]).write_bytes(b"not an image")
     with pytest.raises(DataError, match=Path(records[-1]["path"]).name):
-        A.augment_manifest(header, records, reader.resolve, str(tmp_path / "q"), ops, jobs=2, in_process_below=0)
+        A.augment_manifest(header, records, reader.resolve, str(tmp_path / "q"), parallel_config)
     assert not (tmp_path / "q").exists()
 
 

@@ -621,3 +621,19 @@ def test_eval_tta_policy_from_the_model_record_or_its_config():
     assert torch.equal(up[0, 0, :3], x[0, 0, 1:]) and torch.equal(up[0, 0, 3], x[0, 0, 3])
     mirrored = apply_view(x, flips.views[1])
     assert torch.equal(mirrored, x.flip(3))
+
+
+def test_eval_option_defaults_are_the_librarys():
+    """--batch-size, --workers, --device and --no-cache take imgcls.evaluation.config.EVAL's values."""
+    from imgcls.commands.eval import command
+    from imgcls.evaluation.config import EVAL, PREDICT
+
+    options = {p.name: p for p in command.params}
+    assert options["batch_size"].default == EVAL.batch_size
+    assert options["workers"].default == EVAL.workers
+    assert options["device"].default == EVAL.device
+    assert options["no_cache"].default is (not EVAL.cache)
+    assert options["models"].multiple
+    # The two batch sizes differ on purpose, and the help says why.
+    assert EVAL.batch_size != PREDICT.batch_size
+    assert "predict's default" in options["batch_size"].help

@@ -367,9 +367,9 @@ def test_faults_augment_output_absent_when_the_reader_goes_away(tiny, tmp_path):
 
 @pytest.mark.parametrize("command", ["augment", "perturb"])
 def test_faults_derived_images_absent_when_the_manifest_write_fails(tiny, tmp_path, command):
-    from imgcls.augment import augment_manifest, pipeline_for
+    from imgcls.augment import AugmentConfig, augment_manifest, pipeline_for
     from imgcls.manifest import read_all
-    from imgcls.perturb import perturb_manifest
+    from imgcls.perturb import PerturbConfig, perturb_manifest
 
     header, records, reader = read_all(tiny[1])
 
@@ -378,10 +378,10 @@ def test_faults_derived_images_absent_when_the_manifest_write_fails(tiny, tmp_pa
 
     with pytest.raises(OSError):
         if command == "augment":
-            augment_manifest(header, records, reader.resolve, tmp_path / "out", pipeline_for("light", None),
-                             copies=1, jobs=1, emit=failing_write)
+            augment_manifest(header, records, reader.resolve, tmp_path / "out",
+                             AugmentConfig(pipeline_for("light", None), copies=1, jobs=1), emit=failing_write)
         else:
-            perturb_manifest(header, records, reader.resolve, tmp_path / "out", ["blur"], [1], jobs=1,
+            perturb_manifest(header, records, reader.resolve, tmp_path / "out", PerturbConfig(["blur"], [1], jobs=1),
                              emit=failing_write)
     assert not (tmp_path / "out").exists()
 

@@ -68,27 +68,20 @@ def write_manifest(tmp: Path, n_per_split=(2, 1, 3), classes=("a", "b"), labels=
 
 # -- the library --------------------------------------------------------------------------------
 def test_perturb_option_defaults_are_the_librarys():
-    """The command's defaults are perturb_manifest's (the library run without the CLI behaves the same)."""
+    """The command's defaults are PerturbConfig's (the library run without the CLI behaves the same)."""
+    import dataclasses
     import inspect
 
     from imgcls.commands.perturb import command
 
     options = {p.name: p for p in command.params}
-    library = inspect.signature(P.perturb_manifest).parameters
+    library = {f.name: f.default for f in dataclasses.fields(P.PerturbConfig)}
     for name in ("split", "clean", "seed", "fill", "jobs", "force"):
-        assert options[name].default == library[name].default, name
-    assert inspect.signature(P.perturb_image).parameters["fill"].default == library["fill"].default
+        assert options[name].default == library[name], name
+    assert inspect.signature(P.perturb_image).parameters["fill"].default == library["fill"]
+    # every PerturbConfig setting is a command option, but the worker count's threshold (a test hook)
+    assert set(library) - {"families", "severities", "in_process_below"} <= set(options)
     assert options["severity_text"].default == f"{min(P.SEVERITIES)}-{max(P.SEVERITIES)}"
-
-
-def test_perturb_readme_table_has_every_family_and_its_values():
-    """README's severity table is written by hand: every family, with the library's values, and no other."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    for family, values, _ in P.severity_rows():
-        assert f"| {family} | {values} |" in readme, family
-    lines = readme[readme.index("| family | severity 1 / 2 / 3 / 4 / 5 | meaning |"):].splitlines()[2:]
-    rows = lines[:next(i for i, line in enumerate(lines) if not line.startswith("|"))]
-    assert [row.split("|")[1].strip() for row in rows] == list(P.FAMILIES)
 
 
 def test_perturb_table_has_five_levels_per_family():
@@ -357,14 +350,14 @@ def test_perturb_parallel_matches_serial_and_cleans_up(tmp_path):
     manifest = write_manifest(tmp_path, n_per_split=(0, 0, 4))
     header, records, reader = read_all(str(manifest))
     kinds, levels = ["rotation", "elastic"], [2, 5]
-    _, serial, _ = P.perturb_manifest(header, records, reader.resolve, str(tmp_path / "s"), kinds, levels, jobs=1)
-    _, parallel, _ = P.perturb_manifest(header, records, reader.resolve, str(tmp_path / "p"), kinds, levels, jobs=2,
-                                        in_process_below=0)
+    serial_config = P.PerturbConfig(kinds, levels, jobs=1)
+    parallel_config = P.PerturbConfig(kinds, levels, jobs=2, in_process_below=0)
+    _, serial, _ = P.perturb_manifest(header, records, reader.resolve, str(tmp_path / "s"), serial_config)
+    _, parallel, _ = P.perturb_manifest(header, records, reader.resolve, str(tmp_path / "p"), parallel_config)
     assert [r["sha256"] for r in serial] == [r["sha256"] for r in parallel]
     Path(records[3]["path"]).write_bytes(b"GIF89a broken")
     with pytest.raises(DataError, match="003.png"):
-        P.perturb_manifest(header, records, reader.resolve, str(tmp_path / "q"), kinds, levels, jobs=2,
-                           in_process_below=0)
+        P.perturb_manifest(header, records, reader.resolve, str(tmp_path / "q"), parallel_config)
     assert not (tmp_path / "q").exists()
 
 

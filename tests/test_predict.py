@@ -575,3 +575,37 @@ def test_predict_pseudo_labelling_loop_from_the_readme_runs(tmp_path):
     pseudo = read_jsonl((tmp_path / "pseudo.jsonl").read_text())
     assert pseudo and all(r["split"] == "train" and r["pseudo"] is True for r in pseudo)
     assert "accuracy" in proc.stderr  # eval's report of the retrained model
+
+
+def test_predict_option_defaults_are_the_librarys():
+    """--batch-size, --workers, --device and --no-cache take imgcls.evaluation.config.PREDICT's values."""
+    from imgcls.commands.predict import command
+    from imgcls.evaluation.config import PREDICT
+
+    options = {p.name: p for p in command.params}
+    assert options["batch_size"].default == PREDICT.batch_size
+    assert options["workers"].default == PREDICT.workers
+    assert options["device"].default == PREDICT.device
+    assert options["no_cache"].default is (not PREDICT.cache)
+    assert "eval's default" in options["batch_size"].help
+
+
+def test_predict_inference_options_are_evals(monkeypatch):
+    """The options predict shares with eval are one declaration: same flags, types and --workers meaning."""
+    from imgcls.commands.eval import command as eval_command
+    from imgcls.commands.predict import command as predict_command
+    from imgcls.evaluation import config
+
+    shared = ("workers", "device", "cache_dir", "no_cache", "batch_size")
+    ev = {p.name: p for p in eval_command.params}
+    pr = {p.name: p for p in predict_command.params}
+    for name in shared:
+        assert ev[name].opts == pr[name].opts, name
+        assert type(ev[name].type) is type(pr[name].type), name
+    assert ev["workers"].help == pr["workers"].help
+    assert "threads" in pr["workers"].help and "train --workers" in pr["workers"].help
+    assert f"min({config.MAX_DECODE_THREADS}, CPU count)" in pr["workers"].help
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 64)
+    assert config.default_workers() == config.MAX_DECODE_THREADS
+    monkeypatch.setattr(config.os, "cpu_count", lambda: None)
+    assert config.default_workers() == 1

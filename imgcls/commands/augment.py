@@ -117,7 +117,7 @@ def command(manifest, out_dir, copies, preset, ops_text, flip, balance, per_clas
     evaluation. Uses Pillow and NumPy only, on all cores.
     """
     from imgcls import console
-    from imgcls.augment import augment_manifest, describe_pipeline, pipeline_for
+    from imgcls.augment import AugmentConfig, augment_manifest, describe_pipeline, pipeline_for
     from imgcls.errors import UsageProblem
     from imgcls.manifest import read_all, write_manifest
 
@@ -142,8 +142,9 @@ def command(manifest, out_dir, copies, preset, ops_text, flip, balance, per_clas
 
     started = time.perf_counter()
     new_header, out_records, plan = augment_manifest(
-        header, records, reader.resolve, out_dir, ops, copies=copies, balance=balance, per_class=per_class,
-        seed=seed, fill=fill, fmt=fmt, jobs=jobs, force=force,
+        header, records, reader.resolve, out_dir,
+        AugmentConfig(ops, copies=copies, balance=balance, per_class=per_class, seed=seed, fill=fill, fmt=fmt,
+                      jobs=jobs, force=force),
         emit=lambda h, r: write_manifest("-", h, r),
     )
     elapsed = time.perf_counter() - started

@@ -11,7 +11,8 @@ import click
 
 from imgcls.commands._common import common_options, open_input
 from imgcls.commands._onnx import onnx_options
-from imgcls.devices import DEVICES_HELP
+from imgcls.commands._inference import inference_options
+from imgcls.evaluation.config import EVAL
 
 
 def _sanitize(obj: Any) -> Any:
@@ -27,10 +28,10 @@ def _sanitize(obj: Any) -> Any:
 
 @click.command("eval")
 @click.argument("manifest", default="-", metavar="[MANIFEST]")
-@click.option("-m", "--model", "models", multiple=True, metavar="FILE|RUN_DIR",
-              help="Model to evaluate: a model.safetensors file or a run folder (runs/latest works). "
-                   "Repeat to compare models side by side. Default: the \"model\" named in the manifest "
-                   "header (what imgcls train/finetune print).")
+@inference_options("eval", EVAL, many_models=True,
+                   model_help="Model to evaluate: a model.safetensors file or a run folder (runs/latest works). "
+                              "Repeat to compare models side by side. Default: the \"model\" named in the manifest "
+                              "header (what imgcls train/finetune print).")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True,
               help="Records to score. Records without a split count as test (a manifest without splits "
                    "is taken as a held-out set).")
@@ -62,13 +63,6 @@ def _sanitize(obj: Any) -> Any:
 @click.option("--ignore-unknown", is_flag=True,
               help="Leave out images whose label the model does not know (counted apart in the report) "
                    "instead of stopping with an error. Labels are matched by class name, not position.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Images per inference batch.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Image-decoding threads working ahead of the model (0: decode in the main thread). "
-                   "Default: min(4, CPU count).")
-@click.option("--device", default="auto", show_default=True,
-              help=f"{DEVICES_HELP}. An ONNX model: auto is CUDA with onnxruntime-gpu, else the CPU; no mps.")
 @click.option("--tta", is_flag=True,
               help="Test-time augmentation: average the softmax over views the model was trained to see: the "
                    "image, four small shifts (half the trained shift, or 1/32 of the side for models trained "
@@ -76,13 +70,6 @@ def _sanitize(obj: Any) -> Any:
                    "model file; a file without that record gets no mirror). The report gives accuracy and log loss "
                    "with and without TTA side by side (--json: .models[].tta, .comparison[].accuracy_without_tta); "
                    "the other metrics are those of the TTA predictions. Costs one forward pass per view.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Decoded-image cache shared with train and predict (entries keyed by the ordered files as "
-                   "they are now: path, size, modification and change times; the model's image size and "
-                   "channels). Default: $IMGCLS_CACHE, else ~/.cache/imgcls.")
-@click.option("--no-cache", is_flag=True,
-              help="Decode the images on the fly (a thread pool feeding the model) without reading or "
-                   "writing the cache.")
 @onnx_options
 @common_options
 def command(manifest: str, models: tuple[str, ...], split: str, as_json: bool, output: Path | None,

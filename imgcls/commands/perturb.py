@@ -106,7 +106,7 @@ def command(manifest, out_dir, kinds, severity_text, split, clean, seed, fill, j
     from imgcls import console
     from imgcls.errors import UsageProblem
     from imgcls.manifest import read_all, write_manifest
-    from imgcls.perturb import parse_kinds, parse_severities, perturb_manifest
+    from imgcls.perturb import PerturbConfig, parse_kinds, parse_severities, perturb_manifest
 
     if out_dir is None:
         raise UsageProblem("--out DIR is required: the folder the perturbed images are written to")
@@ -116,8 +116,8 @@ def command(manifest, out_dir, kinds, severity_text, split, clean, seed, fill, j
     header, records, reader = read_all(open_input(manifest))
     started = time.perf_counter()
     new_header, out_records, written = perturb_manifest(
-        header, records, reader.resolve, out_dir, families, severities, split=split, clean=clean,
-        seed=seed, fill=fill, jobs=jobs, force=force,
+        header, records, reader.resolve, out_dir,
+        PerturbConfig(families, severities, split=split, clean=clean, seed=seed, fill=fill, jobs=jobs, force=force),
         emit=lambda h, r: write_manifest("-", h, r),
     )
     elapsed = time.perf_counter() - started

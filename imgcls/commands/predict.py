@@ -10,14 +10,18 @@ import click
 
 from imgcls.commands._common import common_options
 from imgcls.commands._onnx import onnx_options
-from imgcls.devices import DEVICES_HELP
+from imgcls.commands._inference import inference_options
+from imgcls.evaluation.config import PREDICT
 from imgcls.evaluation.predicting import CACHE_MIN_IMAGES, SORT_KEYS
 
 
 @click.command("predict")
 @click.argument("inputs", nargs=-1, metavar="[IMAGE|FOLDER|MANIFEST|-]...")
-@click.option("-m", "--model", metavar="FILE|RUN_DIR",
-              help="Model file or run folder. Default: $IMGCLS_MODEL, else runs/latest in the current folder.")
+@inference_options("predict", PREDICT,
+                   model_help="Model file or run folder. Default: $IMGCLS_MODEL, else runs/latest in the current "
+                              "folder.",
+                   cache_note=f" Used for {CACHE_MIN_IMAGES} images or more: fewer are decoded faster than a cache "
+                              "lookup and write. Only a set whose every image decoded is stored.")
 @click.option("-k", "--top-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many labels (with probabilities) to give per image.")
 @click.option("--json", "as_json", is_flag=True,
@@ -38,22 +42,6 @@ from imgcls.evaluation.predicting import CACHE_MIN_IMAGES, SORT_KEYS
               help="Write a Grad-CAM overlay per image to DIR (where the model looked for the label it gave; "
                    "brighter = more weight), named NNNNNN-<file stem>-gradcam.png by input position, and add "
                    "its path to each JSON line as \"overlay\". Needs the explain extra (grad-cam).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Images per inference batch.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Image-decoding threads (0: decode in the main thread). Default: min(4, CPU count); "
-                   "a single image is always decoded in the main thread.")
-@click.option("--device", default="auto", show_default=True,
-              help=f"{DEVICES_HELP}. An ONNX model: auto is CUDA with onnxruntime-gpu, else the CPU; no mps.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Decoded-image cache shared with train and eval (entries keyed by the ordered files as they "
-                   "are now: path, size, modification and change times; the model's image size and channels). "
-                   f"Used for {CACHE_MIN_IMAGES} images or more: fewer are decoded faster than a cache lookup "
-                   "and write. Only a set whose every image decoded is stored. Default: $IMGCLS_CACHE, "
-                   "else ~/.cache/imgcls.")
-@click.option("--no-cache", is_flag=True,
-              help="Decode the images on the fly (a thread pool feeding the model) without reading or "
-                   "writing the cache.")
 @onnx_options
 @common_options
 def command(inputs: tuple[str, ...], model: str | None, top_k: int, as_json: bool, sort_by: str, as_table: bool, tta: bool,

@@ -1,5 +1,9 @@
 """``imgcls eval --html FILE``: one self-contained page built from the ``--json`` document.
 
+Why one large module: it is one page's renderer (escaping, numbers, inline SVG charts,
+sections, then about 100 lines of the page's CSS and script); :mod:`imgcls.audit.html` builds
+its own page from the escaping and table helpers, the CSS and the script here.
+
 Everything the page shows as a number comes from the eval document (the same object
 ``--json`` prints), rendered here; the only other inputs are pictures and the run's
 ``history.jsonl`` (:mod:`imgcls.evaluation.htmlassets` gathers those). The page needs no

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from imgcls.errors import UsageProblem
+from imgcls.evaluation.config import default_workers
 
 
 
@@ -45,11 +46,6 @@ class Batch:
     probs: np.ndarray  # (len(indices), n_classes) float64, rows sum to 1
     errors: list[ImageError] = field(default_factory=list)
     plain: np.ndarray | None = None  # with TTA: the probabilities of the plain image alone
-
-
-def default_workers() -> int:
-    """Decoding threads: enough to keep a CPU model fed, few enough not to starve it."""
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _load_one(path: str | os.PathLike, image_size: int, channels: int):
