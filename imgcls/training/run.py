@@ -32,6 +32,7 @@ from imgcls.training.data import (Feeder, FeatureFeeder, ImageSet, Splits, extra
 from imgcls.devices import resolve_device
 from imgcls.training.loop import FitResult, Trainer
 from imgcls.training.rundir import RunDir, resolve_run
+from imgcls.training.saver import RunWriter
 
 SCRATCH_SIZE_RANGE = (8, 64)
 MIN_SIZE_PRETRAINABLE = 32
@@ -106,24 +107,6 @@ def resolve_geometry(cfg: TrainConfig, spec: Any, train: Sequence[Record], root:
     return int(size), int(channels)
 
 
-def model_info(cfg: TrainConfig, classes: Sequence[str], mhash: str, extra: dict[str, Any] | None = None,
-               prior_augmentation: dict[str, Any] | None = None):
-    from imgcls import __version__
-    from imgcls.models.io import ModelInfo
-    from imgcls.training.augment import augmentation_record
-
-    extra = dict(extra or {})
-    # what the model was trained to see (test-time augmentation picks its views from it)
-    extra.setdefault("augmentation", augmentation_record(cfg.augment, cfg.flip, prior_augmentation))
-    return ModelInfo(
-        arch=cfg.arch, classes=list(classes), image_size=cfg.image_size, channels=cfg.channels,
-        mean=list(cfg.mean), std=list(cfg.std), arch_options=dict(cfg.arch_options), dropout=cfg.dropout,
-        trainable_blocks=cfg.trainable_blocks, imgcls_version=__version__,
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), config=cfg.to_dict(), manifest_hash=mhash,
-        parent=cfg.parent, head=cfg.head or "linear", head_norm=cfg.head_norm, extra=extra,
-    )
-
-
 def _check_blocks(model: Any, n: int | None, what: str) -> None:
     if n is not None and (n < 0 or n > len(model.blocks)):
         raise UsageProblem(f"{what} {n}: this architecture has {len(model.blocks)} blocks (use 0..{len(model.blocks)} or all)")
@@ -193,10 +176,8 @@ class Session:
         self.is_main = self.dist.is_main
         self.run: RunDir | None = None
         self.ddp: Any = None
+        self.writer: RunWriter | None = None
         self.stop_signal: int | None = None  # SIGTERM stopped the run
-        self._last_write: float | None = None  # time.monotonic() of the last best-model/checkpoint write
-        self._pending_model: dict[str, Any] | None = None  # extra metadata of a better epoch not yet written
-        self._pending_checkpoint: Any = None  # payload of an epoch's checkpoint not yet written
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if self.device.type == "cpu":
@@ -442,105 +423,31 @@ class Session:
                 writer.discard()
 
     def start(self, run: RunDir) -> None:
-        """Attach the run folder: the trainer saves the best model, history and checkpoint into it."""
+        """Attach the run folder: the run writer saves the best model, history and checkpoint into it."""
         self.run = run
         trainer = self.trainer
+        self.writer = RunWriter(run, self.model, self.cfg, self.classes, self.mhash, trainer=trainer,
+                                run_config=self.run_config, prior_augmentation=self.prior_augmentation)
         if trainer is None:  # a closed-form head: finish() writes the run folder at once
             return
         if not self.is_main:  # rank 0 alone writes the run folder
             trainer.on_best = None
             trainer.on_epoch = list(self.callbacks)
             return
-        trainer.on_best = self._on_best
-        trainer.on_epoch = [self._after_epoch, *self.callbacks]
-
-    # -- writing the run folder: best model and checkpoint, at most every --save-interval seconds --
-
-    def _on_best(self, model: Any, state: Any) -> None:
-        """A better epoch: its weights are the trainer's ``best_state``; the file follows at the next write."""
-        self._pending_model = {"best_epoch": state.best_epoch}
-        if state.history and state.history[-1].get("weights") == "ema":
-            self._pending_model["weights"] = "ema"
-
-    def _after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        """History every epoch; best model and checkpoint now when due, else kept in memory until they are.
-
-        Due: after the first epoch of the session, then once ``save_interval`` seconds have
-        passed since the last write (0: every epoch). The end of the run, early stopping,
-        Ctrl-C, SIGTERM and errors write whatever is pending (:meth:`_flush`).
-        """
-        assert self.run is not None
-        self.run.write_history(trainer.state.history)
-        interval = self.cfg.save_interval
-        now = time.monotonic()
-        if self._last_write is None or interval <= 0 or now - self._last_write >= interval:
-            self._pending_checkpoint = self._checkpoint_payload(copy=False) if self.cfg.checkpoint else None
-            self._flush()
-            self._last_write = time.monotonic()
-        elif self.cfg.checkpoint:
-            self._pending_checkpoint = self._checkpoint_payload(copy=True)
-
-    def _checkpoint_payload(self, copy: bool) -> Any:
-        from imgcls.training.checkpoint import checkpoint_payload
-
-        trainer = self.trainer
-        assert trainer is not None
-        state = trainer.checkpoint_state()
-        state.update(classes=self.classes, manifest_hash=self.mhash)
-        if self.run_config is not None:
-            state["run_config"] = self.run_config.to_dict()
-        extra = None
-        if trainer.ema is not None:
-            from imgcls.training.ema import ema_state
-
-            extra = {f"ema.{k}": v for k, v in ema_state(trainer.ema).items()}
-        return checkpoint_payload(model=trainer.model, optimizer=trainer.optimizer, scheduler=trainer.scheduler,
-                                  scaler=trainer.precision.scaler, generator=trainer.generator, state=state, copy=copy,
-                                  extra=extra)
-
-    def _flush(self, model: bool = True) -> None:
-        """Write the pending best model (unless ``model`` is False: a final one follows), then the checkpoint."""
-        from imgcls.training.checkpoint import write_checkpoint
-
-        assert self.run is not None
-        if (self._pending_model is not None and model and self.trainer is not None
-                and self.trainer.best_state is not None):
-            self.save_model(extra=self._pending_model, state=self.trainer.best_state)
-        self._pending_model = None
-        if self._pending_checkpoint is not None:
-            write_checkpoint(self.run.checkpoint_path, self._pending_checkpoint)
-            self._pending_checkpoint = None
+        trainer.on_best = self.writer.on_best
+        trainer.on_epoch = [self.writer.after_epoch, *self.callbacks]
 
     def save_model(self, extra: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
-        """Write model.safetensors from the model, or from ``state`` (a snapshot of its state dict)."""
-        from imgcls.models.io import save_model
-
-        assert self.run is not None
-        source = self.model if state is None else _Snapshot(state, self.model)
-        return save_model(self.run.model_path, source,
-                          model_info(self.cfg, self.classes, self.mhash, extra, self.prior_augmentation))
+        """Write model.safetensors now (see :meth:`RunWriter.save_model`)."""
+        assert self.writer is not None
+        return self.writer.save_model(extra, state)
 
     def _fit(self) -> FitResult:
         """The trainer's fit; SIGTERM (a scheduler, ``timeout``) stops it like Ctrl-C in a single process."""
-        import signal
-        import threading
-
         trainer = self.trainer
         assert trainer is not None
-        handled = (not self.dist.enabled and threading.current_thread() is threading.main_thread()
-                   and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
-        if not handled:
+        with self._sigterm_stops():
             return trainer.fit()
-
-        def on_sigterm(signum: int, frame: Any) -> None:
-            self.stop_signal = signum
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-        try:
-            return trainer.fit()
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def finish(self) -> RunResult:
         """Fit, then restore the best weights and write the final files. Cleans up a run that never got a model."""
@@ -553,7 +460,8 @@ class Session:
         except BaseException:
             if self.is_main:
                 try:  # what was reached before the error stays usable, as if written every epoch
-                    self._flush()
+                    assert self.writer is not None
+                    self.writer.flush()
                 except Exception as exc:  # noqa: BLE001 - the original error matters more
                     detail(f"could not write the pending model/checkpoint: {exc}")
                 run.remove_if_unused()
@@ -580,7 +488,8 @@ class Session:
                     extra["weights"] = "ema"
             self.save_model(extra=extra)
         # The model before the checkpoint: a checkpoint saying "done" never sits beside an older model.
-        self._flush(model=not final)
+        assert self.writer is not None
+        self.writer.flush(model=not final)
         if result.history:
             run.write_history(result.history)
             try:
@@ -660,7 +569,7 @@ class Session:
 
     @contextlib.contextmanager
     def _sigterm_stops(self) -> Iterator[None]:
-        """SIGTERM raises KeyboardInterrupt (as in :meth:`_fit`), so a stopped fit ends like Ctrl-C."""
+        """SIGTERM raises KeyboardInterrupt while in the block, so a stopped fit ends like Ctrl-C (single process only)."""
         import signal
         import threading
 
@@ -734,17 +643,6 @@ class _fit_progress:
     def __exit__(self, *exc: Any) -> None:
         if self.status is not None:
             self.status.stop()
-
-
-class _Snapshot:
-    """A model's state-dict snapshot where save_model expects the model (a best model written later)."""
-
-    def __init__(self, state: dict[str, torch.Tensor], model: Any):
-        self._state = state
-        self.trainable_blocks = getattr(model, "trainable_blocks", None)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._state
 
 
 def _write_manifest_copy(run: RunDir, header: Header, records: Sequence[Record], root: Path) -> None:
