@@ -88,6 +88,11 @@ def split_records(records: Sequence[Record], classes: Sequence[str], seed: int, 
                   carved_val=True)
 
 
+def label_tensor(records: Sequence[Record], index: dict[str, int]) -> torch.Tensor:
+    """The records' class indices (``index``: class name to index), in record order."""
+    return torch.tensor([index[r["label"]] for r in records], dtype=torch.long)
+
+
 def _peek(path: Path) -> tuple[int, int, str] | None:
     """Width, height and mode from the image header only (no decoding)."""
     from PIL import Image
