@@ -450,6 +450,25 @@ class FeatureFeeder:
             yield self.features[idx], self.labels[idx]
 
 
+class Feed(Protocol):
+    """What the trainer reads: (inputs, labels) batches on the device, in the order it gives.
+
+    Image feeders (:class:`Feeder`) and feature feeders (:class:`FeatureFeeder` and its
+    views) alike. ``train=True`` batches may be augmented and leave out a last batch of one
+    (BatchNorm), which ``num_batches(drop_single=True)`` counts the same way.
+    """
+
+    @property
+    def batch_size(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def num_batches(self, drop_single: bool = False) -> int: ...
+
+    def batches(self, order: torch.Tensor | None = None,
+                train: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
 class ImageBatches(Protocol):
     """What :func:`extract_features` reads: normalised (images, labels) batches in file order, on ``device``."""
 

@@ -86,7 +86,7 @@ class _fit_progress:
 class _ShardFeeder:
     """A feeder's batches over some of its images only (one rank's share of feature extraction)."""
 
-    def __init__(self, feeder: Any, order: torch.Tensor):
+    def __init__(self, feeder: Feeder | ViewFeeder, order: torch.Tensor):
         self.feeder, self.order, self.device = feeder, order, feeder.device
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -95,7 +95,7 @@ class _ShardFeeder:
                 yield x, y
 
 
-def sharded_features(model: Any, feeder: Any, autocast: Any) -> torch.Tensor:
+def sharded_features(model: Any, feeder: Feeder | ViewFeeder, autocast: Any) -> torch.Tensor:
     """Frozen-backbone features of every image: under DDP each rank computes 1/world of them, then all-gather."""
     if not distributed.info().enabled:
         return extract_features(model, feeder, autocast)
@@ -180,10 +180,9 @@ class FrozenFeatures:
                         sets[name] = ImageSet.from_records(records[name], self.root, index, cfg.image_size,
                                                            cfg.channels, cache_dir=cache_dir)
                     detail(f"{name} images decoded in {time.perf_counter() - t1:.1f}s")
-                feeder: Any = Feeder(sets[name], batch, device, cfg.mean, cfg.std,
-                                     augment if view is not None else None, 0, channels_last)
-                if view is not None:
-                    feeder = ViewFeeder(feeder, cfg.seed, view)
+                plain = Feeder(sets[name], batch, device, cfg.mean, cfg.std, augment if view is not None else None, 0,
+                               channels_last)
+                feeder: Feeder | ViewFeeder = plain if view is None else ViewFeeder(plain, cfg.seed, view)
                 feats = sharded_features(self.model, feeder, amp.autocast)
             found[key] = feats
             store.store(key, feats)

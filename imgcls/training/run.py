@@ -27,11 +27,11 @@ from imgcls.manifest import Header, Record, manifest_hash
 from imgcls.training import distributed
 from imgcls.training._console import detail, info, warn
 from imgcls.training.config import BACKBONE_LR_RATIO, FINETUNE_RECIPE, TrainConfig, learning_rates
-from imgcls.training.data import Feeder, ImageSet, Splits, infer_geometry, label_tensor, split_records
-from imgcls.training.features import FeatureStore
+from imgcls.training.data import Feed, Feeder, ImageSet, Splits, infer_geometry, label_tensor, split_records
+from imgcls.training.features import FeatureStore, ViewFeatureFeeder
 from imgcls.training.frozen import FrozenFeatures, closed_form_augment_message, closed_form_head, fit_head
 from imgcls.devices import resolve_device
-from imgcls.training.loop import FitResult, Trainer
+from imgcls.training.loop import FitResult, StartPoint, Trainer
 from imgcls.training.rundir import RunDir, resolve_run
 from imgcls.training.saver import RunWriter
 
@@ -135,8 +135,7 @@ class Session:
     """Data, trainer and run folder for one phase of training (train, resume or finetune)."""
 
     def __init__(self, model: Any, cfg: TrainConfig, classes: Sequence[str], splits: Splits, root: Path,
-                 mhash: str, *, epoch_offset: int = 0, history: Sequence[dict] = (), baseline: bool = False,
-                 baseline_epoch: int | None = None, callbacks: Sequence[Callable[..., None]] = (),
+                 mhash: str, *, start_point: StartPoint = StartPoint(), callbacks: Sequence[Callable[..., None]] = (),
                  run_config: TrainConfig | None = None, prior_augmentation: dict[str, Any] | None = None):
         self.model = model
         self.run_config = run_config  # the whole run's configuration when this session is its frozen warm-up
@@ -146,10 +145,9 @@ class Session:
         self.splits = splits
         self.root = root
         self.mhash = mhash
-        self.epoch_offset = epoch_offset
-        self.history = list(history)
-        self.baseline = baseline
-        self.baseline_epoch = baseline_epoch
+        self.start_point = start_point
+        self.epoch_offset = start_point.epoch_offset
+        self.history = list(start_point.history)
         self.callbacks = list(callbacks)
         self.dist = join_process_group(cfg.device)
         self.device = distributed.rank_device(resolve_device(cfg.device))
@@ -192,18 +190,19 @@ class Session:
         forward = None
         if views is None:
             train_set, val_set = self._load_sets(index, cache_dir)
-            train_feed: Any = Feeder(train_set, cfg.batch_size, device, cfg.mean, cfg.std, augment, cfg.workers,
+            train_feed: Feed = Feeder(train_set, cfg.batch_size, device, cfg.mean, cfg.std, augment, cfg.workers,
                                      channels_last)
-            val_feed: Any = Feeder(val_set, max(cfg.batch_size, 256), device, cfg.mean, cfg.std, None, cfg.workers,
+            val_feed: Feed = Feeder(val_set, max(cfg.batch_size, 256), device, cfg.mean, cfg.std, None, cfg.workers,
                                    channels_last)
         else:
             # Frozen backbone: its output never changes, so compute it once per image (and view)
             # and train the head on the features (the model file still holds backbone + head).
             assert store is not None
-            train_feed, val_feed = frozen.feeds(store, views, augment, index, cache_dir, channels_last)
+            feature_train, feature_val = frozen.feeds(store, views, augment, index, cache_dir, channels_last)
             if self.closed_form:  # fit in one step in finish(): no optimiser, no epochs
-                self.train_feed, self.val_feed, self.trainer = train_feed, val_feed, None
+                self.train_feed, self.val_feed, self.trainer = feature_train, feature_val, None
                 return None
+            train_feed, val_feed = feature_train, feature_val
 
             def forward(m: Any, x: torch.Tensor) -> torch.Tensor:
                 return m.head(x)
@@ -211,12 +210,10 @@ class Session:
         train_labels = label_tensor(self.splits.train, index)
         weights = class_weights_for(train_labels, len(self.classes)) if cfg.class_weights == "auto" else None
         last_epoch = self.epoch_offset + cfg.epochs
-        self.trainer = Trainer(model, cfg, train_feed, val_feed, device, forward=forward, class_weights=weights,
-                               epoch_offset=self.epoch_offset, history=self.history,
-                               reporter=EpochReporter(last_epoch), baseline=self.baseline,
-                               baseline_epoch=self.baseline_epoch)
-        if hasattr(train_feed, "epochs_done"):  # augmented views: the epoch picks the view
-            train_feed.epochs_done = lambda: self.trainer.state.epoch
+        trainer = self.trainer = Trainer(model, cfg, train_feed, val_feed, device, start_point=self.start_point,
+                                         forward=forward, class_weights=weights, reporter=EpochReporter(last_epoch))
+        if isinstance(train_feed, ViewFeatureFeeder):  # augmented views: the epoch picks the view
+            train_feed.epochs_done = lambda: trainer.state.epoch
         if self.dist.enabled:
             # DDP wraps what the training step runs: the whole model, or the head alone on cached features.
             # The trainer keeps the bare model: saved files are the same as a single process's.
@@ -507,8 +504,8 @@ def _unfrozen_phase(model: Any, cfg: TrainConfig, classes: Sequence[str], splits
     """After the warm-up, in the same run folder: every block trains, starting from the warm-up's best weights."""
     model.set_trainable_blocks(cfg.trainable_blocks)
     offset = max((int(h["epoch"]) for h in warm.fit.history), default=0)
-    session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, history=warm.fit.history,
-                      baseline=True, baseline_epoch=warm.fit.best_epoch, callbacks=callbacks)
+    start = StartPoint(offset, warm.fit.history, baseline=True, baseline_epoch=warm.fit.best_epoch)
+    session = Session(model, cfg, classes, splits, root, mhash, start_point=start, callbacks=callbacks)
     session.prepare()
     session.start(run)
     info(f"warm-up done (best epoch {warm.fit.best_epoch}); unfreezing: every block trains from here")
@@ -538,6 +535,9 @@ def find_lr(header: Header, records: Sequence[Record], root: Path, cfg: TrainCon
     sweep_cfg = replace(sweep_cfg, schedule="none", ema=0.0, precise_bn=0, checkpoint=False)
     session = Session(model, sweep_cfg, classes, splits, root, manifest_hash(header, records))
     trainer = session.prepare()
+    if trainer is None:  # a closed-form head: nothing is trained at a rate
+        raise UsageProblem(f"--find-lr sweeps the SGD learning rate: the {sweep_cfg.head} head is fitted in one "
+                           f"step and has none (use --head linear to train the head by SGD)")
     n = steps or lr_find.STEPS
     reporter = EpochReporter(1)
     with reporter.epoch(1, n) as advance:
@@ -608,7 +608,7 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
     # The checkpoint's weights before prepare(): frozen-backbone features are computed from them.
     ckpt.load_model_state(model)
     offset = int(meta.get("epoch_offset", 0))
-    session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, callbacks=callbacks,
+    session = Session(model, cfg, classes, splits, root, mhash, start_point=StartPoint(offset), callbacks=callbacks,
                       run_config=run_cfg, prior_augmentation=_parent_augmentation(cfg.parent))
     trainer = session.prepare()
     assert trainer is not None  # a run with a checkpoint trains by SGD (heads fitted in one step write none)
@@ -714,9 +714,10 @@ def finetune(header: Header, records: Sequence[Record], root: Path, model_path: 
         h.setdefault("phase", "train")
     mhash = manifest_hash(header, records)
     parent_best = minfo.extra.get("best_epoch")  # the starting weights are the parent's best epoch
-    session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, history=history,
-                      baseline=True, baseline_epoch=parent_best if isinstance(parent_best, int) else offset,
-                      callbacks=callbacks, prior_augmentation=_augmentation_of(minfo))
+    start = StartPoint(offset, history, baseline=True,
+                       baseline_epoch=parent_best if isinstance(parent_best, int) else offset)
+    session = Session(model, cfg, classes, splits, root, mhash, start_point=start, callbacks=callbacks,
+                      prior_augmentation=_augmentation_of(minfo))
     session.prepare()
     run = _create_run(out, f"{cfg.arch}-finetune", header, records, root)
     session.start(run)
