@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import TYPE_CHECKING, Any, ContextManager, cast
 
 import torch
 
@@ -26,6 +26,13 @@ from imgcls.training.config import TrainConfig
 from imgcls.training.data import Feeder, FeatureFeeder, ImageSet, Splits, extract_features, label_tensor
 from imgcls.training.features import (FeatureStore, StreamFeeder, ViewFeatureFeeder, ViewFeeder, decoded_batches,
                                       extraction_batch_size, view_spec)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from imgcls.models.classifier import Classifier
+    from imgcls.training.augment import AugmentSpec
+    from imgcls.training.loop import Precision
 
 
 def closed_form_head(cfg: TrainConfig) -> bool:
@@ -41,7 +48,7 @@ def closed_form_augment_message(cfg: TrainConfig) -> str:
 
 
 @torch.no_grad()
-def head_scores(model: Any, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+def head_scores(model: Classifier, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """Cross-entropy and accuracy of the model's head on features (eval mode: no dropout)."""
     was = model.training
     model.eval()
@@ -95,7 +102,7 @@ class _ShardFeeder:
                 yield x, y
 
 
-def sharded_features(model: Any, feeder: Feeder | ViewFeeder, autocast: Any) -> torch.Tensor:
+def sharded_features(model: Classifier, feeder: Feeder | ViewFeeder, autocast: Any) -> torch.Tensor:
     """Frozen-backbone features of every image: under DDP each rank computes 1/world of them, then all-gather."""
     if not distributed.info().enabled:
         return extract_features(model, feeder, autocast)
@@ -107,12 +114,12 @@ def sharded_features(model: Any, feeder: Feeder | ViewFeeder, autocast: Any) -> 
 class FrozenFeatures:
     """The frozen backbone's features of a session's train and val images (``dist``: the process group joined)."""
 
-    def __init__(self, model: Any, cfg: TrainConfig, splits: Splits, root: Path, device: torch.device,
+    def __init__(self, model: Classifier, cfg: TrainConfig, splits: Splits, root: Path, device: torch.device,
                  dist: distributed.DistInfo):
         self.model, self.cfg, self.splits, self.root, self.device, self.dist = model, cfg, splits, root, device, dist
         self.is_main = dist.is_main
 
-    def views(self, augment: Any) -> list[int | None] | None:
+    def views(self, augment: AugmentSpec) -> list[int | None] | None:
         """What the backbone runs on once: [None] (the plain images), views 0..K-1, or None (every step)."""
         cfg = self.cfg
         closed = closed_form_head(cfg)
@@ -139,7 +146,7 @@ class FrozenFeatures:
                  f"(K backbone passes in all, cached) and train the head on them")
         return None
 
-    def feeds(self, store: FeatureStore, views: list[int | None], augment: Any, index: dict[str, int],
+    def feeds(self, store: FeatureStore, views: list[int | None], augment: AugmentSpec, index: dict[str, int],
               cache_dir: Path | None, channels_last: bool) -> tuple[FeatureFeeder, FeatureFeeder]:
         """Feature feeders for the frozen backbone: from the feature cache, else one backbone pass per set and view."""
         from imgcls.manifest import resolve_path
@@ -151,7 +158,7 @@ class FrozenFeatures:
         paths = {name: [resolve_path(r, self.root) for r in recs] for name, recs in records.items()}
         shas = {name: [r.get("sha256") for r in recs] for name, recs in records.items()}
         specs = [None if v is None else view_spec(cfg.augment, augment, cfg.seed, v) for v in views]
-        wanted: list[tuple[str, int | None, Any]] = [("val", None, store.key(paths["val"], shas["val"], None))]
+        wanted: list[tuple[str, int | None, str]] = [("val", None, store.key(paths["val"], shas["val"], None))]
         wanted += [("train", view, store.key(paths["train"], shas["train"], spec)) for view, spec in zip(views, specs)]
         found = {key: store.lookup(key) for _, _, key in wanted}
         lookup_s = time.perf_counter() - t0
@@ -215,7 +222,7 @@ class FrozenFeatures:
             return FeatureFeeder(train_feats[0], train_labels, cfg.batch_size), val_feed
         return ViewFeatureFeeder(train_feats, train_labels, cfg.batch_size), val_feed
 
-    def _stream(self, paths: list[Path], batch: int, amp: Any, cache_dir: Path | None,
+    def _stream(self, paths: list[Path], batch: int, amp: Precision, cache_dir: Path | None,
                 channels_last: bool) -> torch.Tensor | None:
         """Plain features with decoding in worker threads beside the backbone (one pass over the files).
 
@@ -240,7 +247,7 @@ class FrozenFeatures:
             except OSError as exc:
                 detail(f"cannot write cache entry in {cache_dir / 'decoded'}: {exc}")
 
-        def keep(array: Any) -> None:
+        def keep(array: np.ndarray) -> None:
             nonlocal writer
             if writer is not None:
                 try:
@@ -276,7 +283,7 @@ class HeadFit:
     val_acc: float
 
 
-def fit_head(model: Any, cfg: TrainConfig, train_feed: FeatureFeeder, val_feed: FeatureFeeder, num_classes: int,
+def fit_head(model: Classifier, cfg: TrainConfig, train_feed: FeatureFeeder, val_feed: FeatureFeeder, num_classes: int,
              guard: Callable[[], ContextManager[None]] = contextlib.nullcontext) -> HeadFit:
     """Fit the logreg/ncm head on the cached features (all views), copy it into the model, score it.
 
@@ -302,7 +309,7 @@ def fit_head(model: Any, cfg: TrainConfig, train_feed: FeatureFeeder, val_feed: 
     with _fit_progress(head) as progress, guard():
         fit = FITTERS[head](x, y, num_classes, val=val, groups=groups,
                             class_weight=cfg.class_weights, seed=cfg.seed, progress=progress)
-    linear = model.head[1]
+    linear = cast(torch.nn.Linear, model.head[1])  # behind the head's norm (see Classifier.set_head_norm)
     with torch.no_grad():
         linear.weight.copy_(torch.from_numpy(fit.weight))
         linear.bias.copy_(torch.from_numpy(fit.bias))

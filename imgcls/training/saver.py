@@ -22,6 +22,7 @@ from imgcls.training.config import TrainConfig
 from imgcls.training.rundir import RunDir
 
 if TYPE_CHECKING:
+    from imgcls.models.classifier import Classifier
     from imgcls.models.io import ModelInfo
     from imgcls.training.loop import Trainer, TrainerState
 
@@ -47,7 +48,7 @@ def model_info(cfg: TrainConfig, classes: Sequence[str], mhash: str, extra: dict
 class _Snapshot:
     """A model's state-dict snapshot where save_model expects the model (a best model written later)."""
 
-    def __init__(self, state: dict[str, torch.Tensor], model: Any):
+    def __init__(self, state: dict[str, torch.Tensor], model: Classifier):
         self._state = state
         self.trainable_blocks = getattr(model, "trainable_blocks", None)
 
@@ -58,7 +59,7 @@ class _Snapshot:
 class RunWriter:
     """Writes one session's model file and checkpoint into its run folder (``trainer``: None for a fitted head)."""
 
-    def __init__(self, run: RunDir, model: Any, cfg: TrainConfig, classes: Sequence[str], mhash: str, *,
+    def __init__(self, run: RunDir, model: Classifier, cfg: TrainConfig, classes: Sequence[str], mhash: str, *,
                  trainer: Trainer | None = None, run_config: TrainConfig | None = None,
                  prior_augmentation: dict[str, Any] | None = None):
         self.run = run
@@ -73,7 +74,7 @@ class RunWriter:
         self._pending_model: dict[str, Any] | None = None  # extra metadata of a better epoch not yet written
         self._pending_checkpoint: Any = None  # payload of an epoch's checkpoint not yet written
 
-    def on_best(self, model: Any, state: TrainerState) -> None:
+    def on_best(self, model: Classifier, state: TrainerState) -> None:
         """A better epoch: its weights are the trainer's ``best_state``; the file follows at the next write."""
         self._pending_model = {"best_epoch": state.best_epoch}
         if state.history and state.history[-1].get("weights") == "ema":

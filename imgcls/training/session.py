@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,9 @@ from imgcls.devices import resolve_device
 from imgcls.training.loop import FitResult, StartPoint, Trainer
 from imgcls.training.rundir import RunDir
 from imgcls.training.saver import RunWriter
+
+if TYPE_CHECKING:
+    from imgcls.models.classifier import Classifier
 
 
 @dataclass
@@ -67,7 +70,7 @@ def join_process_group(device_name: str) -> distributed.DistInfo:
 class Session:
     """Data, trainer and run folder for one phase of training (train, resume or finetune)."""
 
-    def __init__(self, model: Any, cfg: TrainConfig, classes: Sequence[str], splits: Splits, root: Path,
+    def __init__(self, model: Classifier, cfg: TrainConfig, classes: Sequence[str], splits: Splits, root: Path,
                  mhash: str, *, start_point: StartPoint = StartPoint(), callbacks: Sequence[Callable[..., None]] = (),
                  run_config: TrainConfig | None = None, prior_augmentation: dict[str, Any] | None = None):
         self.model = model
