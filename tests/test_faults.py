@@ -397,6 +397,7 @@ def test_faults_console_prints_names_as_plain_visible_text(name, monkeypatch):
 
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(console.settings, "verbosity", 0)  # not the -q of a CLI test run before in this process
     console.info(f"class {name} done")
     console.warn(name)
     table = console.table("class", "n")

@@ -1291,6 +1291,14 @@ def test_train_find_lr_suggests_a_rate_and_writes_nothing(invoke, manifest, tmp_
     assert invoke(["train", str(manifest), *TINY, "--find-lr-plot", str(plot)]).exit_code == 2
 
 
+def test_train_find_lr_with_a_head_fitted_in_one_step_is_a_usage_error(invoke, manifest, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(["train", str(manifest), *TINY, "--freeze", "--head", "logreg", "--find-lr"])
+    assert result.exit_code == 2, result.stderr
+    assert "--find-lr" in result.stderr and "logreg head is fitted in one step" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
 def test_train_find_lr_valley_is_inside_the_descent():
     from imgcls.training.lr_find import minimum, steep, valley
 

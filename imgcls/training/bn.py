@@ -29,12 +29,15 @@ Decisions:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from imgcls.training import distributed
+
+if TYPE_CHECKING:
+    from imgcls.training.data import Feed
 
 
 def training_batchnorms(model: nn.Module) -> list[str]:
@@ -120,7 +123,7 @@ def _average_over_ranks(layers: list[nn.Module], used: int) -> int:
     return used
 
 
-def recalibrate_on(model: nn.Module, names: Sequence[str], feed: Any, limit: int, seed: int,
+def recalibrate_on(model: nn.Module, names: Sequence[str], feed: Feed, limit: int, seed: int,
                    forward: Callable[[nn.Module, torch.Tensor], Any],
                    autocast: Callable[[], Any] | None = None) -> int:
     """:func:`recalibrate` over at most ``limit`` plain images of an image feeder (see the module docstring)."""

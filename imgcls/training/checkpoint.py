@@ -14,11 +14,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from imgcls.errors import ModelError, brief
+
+if TYPE_CHECKING:
+    from imgcls.training.loop import Trainer
 
 CHECKPOINT_FORMAT = "imgcls-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -104,7 +107,7 @@ def check_resumable(ckpt: Checkpoint, header: dict[str, Any], records: Any) -> N
         raise ModelError(f"{ckpt.path}: the manifest has labels the checkpoint does not know: {', '.join(unknown[:5])}")
 
 
-def restore_training_state(trainer: Any, ckpt: Checkpoint, best_state: dict[str, torch.Tensor] | None) -> None:
+def restore_training_state(trainer: Trainer, ckpt: Checkpoint, best_state: dict[str, torch.Tensor] | None) -> None:
     """``trainer.load_checkpoint`` with a damaged or foreign checkpoint reported as one line naming the file."""
     try:
         trainer.load_checkpoint(ckpt, best_state)

@@ -88,6 +88,11 @@ def split_records(records: Sequence[Record], classes: Sequence[str], seed: int, 
                   carved_val=True)
 
 
+def label_tensor(records: Sequence[Record], index: dict[str, int]) -> torch.Tensor:
+    """The records' class indices (``index``: class name to index), in record order."""
+    return torch.tensor([index[r["label"]] for r in records], dtype=torch.long)
+
+
 def _peek(path: Path) -> tuple[int, int, str] | None:
     """Width, height and mode from the image header only (no decoding)."""
     from PIL import Image
@@ -443,6 +448,25 @@ class FeatureFeeder:
             chunks.pop()
         for idx in chunks:
             yield self.features[idx], self.labels[idx]
+
+
+class Feed(Protocol):
+    """What the trainer reads: (inputs, labels) batches on the device, in the order it gives.
+
+    Image feeders (:class:`Feeder`) and feature feeders (:class:`FeatureFeeder` and its
+    views) alike. ``train=True`` batches may be augmented and leave out a last batch of one
+    (BatchNorm), which ``num_batches(drop_single=True)`` counts the same way.
+    """
+
+    @property
+    def batch_size(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def num_batches(self, drop_single: bool = False) -> int: ...
+
+    def batches(self, order: torch.Tensor | None = None,
+                train: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 class ImageBatches(Protocol):

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -157,7 +157,8 @@ class StreamFeeder:
     """Normalised batches straight from :func:`decoded_batches`, each also handed to ``on_batch`` (the decoded cache)."""
 
     def __init__(self, batches: Iterator[np.ndarray], n: int, device: torch.device, mean: Sequence[float],
-                 std: Sequence[float], channels_last: bool, on_batch: Any = None):
+                 std: Sequence[float], channels_last: bool,
+                 on_batch: Callable[[np.ndarray], None] | None = None):
         self.source, self.n, self.device = batches, n, device
         self.mean, self.std, self.channels_last, self.on_batch = list(mean), list(std), channels_last, on_batch
 

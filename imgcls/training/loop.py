@@ -13,6 +13,12 @@ gradients); validation is sharded too; ``_reduce`` sums loss, correct and sample
 across ranks before anything is decided, so the best epoch, the plateau schedule and
 early stopping are the same decision on every rank; ``is_main`` (rank 0) alone reports
 and runs the callbacks that write files.
+
+Why one module of about 530 lines: the optimiser, scheduler and precision built here, the
+step that drives them and :meth:`Trainer.load_checkpoint` that restores them (stretching a
+cosine or one-cycle schedule to a new ``--epochs``) are one contract; a change to one is a
+change to the others, and reading them side by side is how a reviewer checks that a resumed
+run trains as the uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from imgcls.training.mix import build_mixer
 
 if TYPE_CHECKING:
     from imgcls.models.classifier import Classifier
+    from imgcls.training.data import Feed
+    from imgcls.training.progress import EpochReporter
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -192,6 +200,22 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class StartPoint:
+    """Where a phase starts in its run (train from scratch: the defaults).
+
+    ``epoch_offset`` epochs came before it (its epochs are numbered after them; ``history``
+    holds their records). With ``baseline`` the starting weights are scored first and count as
+    the best so far, credited to ``baseline_epoch`` (default: ``epoch_offset``): fine-tuning,
+    and the unfrozen phase after a frozen warm-up, never end worse than they began.
+    """
+
+    epoch_offset: int = 0
+    history: Sequence[dict[str, Any]] = ()
+    baseline: bool = False
+    baseline_epoch: int | None = None
+
+
 class Trainer:
     """Fits ``model`` on feeders; ``forward(model, x)`` maps a batch to logits.
 
@@ -203,13 +227,12 @@ class Trainer:
     its state dict, snapshots and checkpoints are those of a single process.
     """
 
-    def __init__(self, model: Classifier, cfg: TrainConfig, train_feed: Any, val_feed: Any, device: torch.device, *,
+    def __init__(self, model: Classifier, cfg: TrainConfig, train_feed: Feed, val_feed: Feed, device: torch.device, *,
+                 start_point: StartPoint = StartPoint(),
                  forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
-                 class_weights: torch.Tensor | None = None, epoch_offset: int = 0,
-                 history: Sequence[dict[str, Any]] = (), reporter: Any = None,
-                 on_best: Callable[..., None] | None = None, on_epoch: Sequence[Callable[..., None]] = (),
-                 baseline: bool = False, baseline_epoch: int | None = None,
-                 train_forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None):
+                 train_forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                 class_weights: torch.Tensor | None = None, reporter: EpochReporter | None = None,
+                 on_best: Callable[..., None] | None = None, on_epoch: Sequence[Callable[..., None]] = ()):
         self.model = model
         self.cfg = cfg
         self.train_feed = train_feed
@@ -239,13 +262,13 @@ class Trainer:
         self.ema = build_ema(model, cfg.ema) if cfg.ema > 0 else None
         self.bn_layers: list[str] | None = None  # BatchNorm layers that train (found at the first epoch)
         self.val_loss_fn = nn.CrossEntropyLoss(reduction="sum")  # plain NLL: comparable across runs
-        self.epoch_offset = epoch_offset
-        self.state = TrainerState(history=list(history))
+        self.epoch_offset = start_point.epoch_offset
+        self.state = TrainerState(history=list(start_point.history))
         self.reporter = reporter
         self.on_best = on_best
         self.on_epoch = list(on_epoch)
-        self.baseline = baseline
-        self.baseline_epoch = epoch_offset if baseline_epoch is None else baseline_epoch
+        self.baseline = start_point.baseline
+        self.baseline_epoch = self.epoch_offset if start_point.baseline_epoch is None else start_point.baseline_epoch
         self.best_state: dict[str, torch.Tensor] | None = None
         self.is_main = self.dist.is_main
         self.seen: list[list[int]] = []  # per epoch, the indices this rank trained on (IMGCLS_DEBUG_SHARDS only)
@@ -356,7 +379,7 @@ class Trainer:
                            self.precision.autocast)
 
     @torch.no_grad()
-    def evaluate(self, feed: Any, module: nn.Module | None = None) -> tuple[float, float]:
+    def evaluate(self, feed: Feed, module: nn.Module | None = None) -> tuple[float, float]:
         """Validation loss and accuracy of the model (or of ``module``, the EMA), in eval mode."""
         model = self.model if module is None else module
         forward = self.forward if module is None else self.module_forward

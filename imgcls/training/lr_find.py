@@ -18,11 +18,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from imgcls.errors import ImgclsError
+
+if TYPE_CHECKING:
+    from imgcls.training.loop import Trainer
 
 START_LR = 1e-7
 END_LR = 10.0
@@ -82,7 +85,7 @@ def steep(lrs: list[float], losses: list[float]) -> float | None:
     return float(lrs[1 + min(range(len(grads)), key=grads.__getitem__)])
 
 
-def sweep(trainer: Any, steps: int = STEPS, start_lr: float = START_LR, end_lr: float = END_LR,
+def sweep(trainer: Trainer, steps: int = STEPS, start_lr: float = START_LR, end_lr: float = END_LR,
           advance: Any = None) -> LRFind:
     """Run the range test with ``trainer``'s model, optimizer and training feed (all of which it changes)."""
     opt, feed = trainer.optimizer, trainer.train_feed

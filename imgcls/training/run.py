@@ -1,8 +1,10 @@
 """Train, resume and fine-tune runs: from a manifest to a run folder.
 
 The three entry points resolve their configuration and model differently, then hand
-over to one :class:`Session` that decodes the data, runs the shared
-:class:`~imgcls.training.loop.Trainer` and writes the run folder.
+over to one :class:`~imgcls.training.session.Session` per phase, which decodes the data
+(or gets a frozen backbone's features from :mod:`imgcls.training.frozen`), runs the
+shared :class:`~imgcls.training.loop.Trainer` and writes the run folder through a
+:class:`~imgcls.training.saver.RunWriter`.
 
 Launched by torchrun, each entry point first joins the process group
 (:mod:`imgcls.training.distributed`); every rank then builds the same model and data,
@@ -12,11 +14,9 @@ the run folder (the other ranks learn its path from rank 0).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +27,18 @@ from imgcls.manifest import Header, Record, manifest_hash
 from imgcls.training import distributed
 from imgcls.training._console import detail, info, warn
 from imgcls.training.config import BACKBONE_LR_RATIO, FINETUNE_RECIPE, TrainConfig, learning_rates
-from imgcls.training.data import (Feeder, FeatureFeeder, ImageSet, Splits, extract_features, infer_geometry,
-                                  split_records)
+from imgcls.training.data import Splits, infer_geometry, split_records
+from imgcls.training.frozen import closed_form_augment_message, closed_form_head
 from imgcls.devices import resolve_device
-from imgcls.training.loop import FitResult, Trainer
+from imgcls.training.loop import StartPoint
 from imgcls.training.rundir import RunDir, resolve_run
+from imgcls.training.session import RunResult, Session, class_weights_for, join_process_group
+
+__all__ = ["RunResult", "Session", "build_training", "class_weights_for", "find_lr", "finetune", "resolve_geometry",
+           "resolve_normalisation", "resume", "train"]
 
 SCRATCH_SIZE_RANGE = (8, 64)
 MIN_SIZE_PRETRAINABLE = 32
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    model_path: Path | None
-    fit: FitResult
-    config: TrainConfig
-    classes: list[str]
-    signal: int | None = None  # the signal that stopped the run (SIGTERM), if one did
-
-    @property
-    def interrupted(self) -> bool:
-        return self.fit.interrupted
 
 
 # -- configuration helpers ------------------------------------------------------------------
@@ -106,646 +96,12 @@ def resolve_geometry(cfg: TrainConfig, spec: Any, train: Sequence[Record], root:
     return int(size), int(channels)
 
 
-def model_info(cfg: TrainConfig, classes: Sequence[str], mhash: str, extra: dict[str, Any] | None = None,
-               prior_augmentation: dict[str, Any] | None = None):
-    from imgcls import __version__
-    from imgcls.models.io import ModelInfo
-    from imgcls.training.augment import augmentation_record
-
-    extra = dict(extra or {})
-    # what the model was trained to see (test-time augmentation picks its views from it)
-    extra.setdefault("augmentation", augmentation_record(cfg.augment, cfg.flip, prior_augmentation))
-    return ModelInfo(
-        arch=cfg.arch, classes=list(classes), image_size=cfg.image_size, channels=cfg.channels,
-        mean=list(cfg.mean), std=list(cfg.std), arch_options=dict(cfg.arch_options), dropout=cfg.dropout,
-        trainable_blocks=cfg.trainable_blocks, imgcls_version=__version__,
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), config=cfg.to_dict(), manifest_hash=mhash,
-        parent=cfg.parent, head=cfg.head or "linear", head_norm=cfg.head_norm, extra=extra,
-    )
-
-
 def _check_blocks(model: Any, n: int | None, what: str) -> None:
     if n is not None and (n < 0 or n > len(model.blocks)):
         raise UsageProblem(f"{what} {n}: this architecture has {len(model.blocks)} blocks (use 0..{len(model.blocks)} or all)")
 
 
-def class_weights_for(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``auto``: n / (k * count) per class (scikit-learn's "balanced"); 0 for absent classes."""
-    counts = torch.bincount(labels, minlength=num_classes).float()
-    present = counts > 0
-    weights = torch.zeros(num_classes)
-    weights[present] = labels.numel() / (present.sum() * counts[present])
-    return weights
-
-
-def join_process_group(device_name: str) -> distributed.DistInfo:
-    """Under torchrun: join the process group (nccl on CUDA, gloo otherwise); a no-op alone."""
-    if not distributed.launched_by_torchrun():
-        return distributed.info()
-    return distributed.setup(resolve_device(device_name).type)
-
-
-class _ShardFeeder:
-    """A feeder's batches over some of its images only (one rank's share of feature extraction)."""
-
-    def __init__(self, feeder: Any, order: torch.Tensor):
-        self.feeder, self.order, self.device = feeder, order, feeder.device
-
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in self.feeder.batches(self.order):
-            if y.shape[0]:
-                yield x, y
-
-
-def _features(model: Any, feeder: Any, autocast: Any) -> torch.Tensor:
-    """Frozen-backbone features of every image: under DDP each rank computes 1/world of them, then all-gather."""
-    if not distributed.info().enabled:
-        return extract_features(model, feeder, autocast)
-    n = len(feeder)
-    mine = distributed.shard(torch.arange(n), pad=False)
-    return distributed.gather_rows(extract_features(model, _ShardFeeder(feeder, mine), autocast), n)
-
-
 # -- the shared session ---------------------------------------------------------------------
-
-class Session:
-    """Data, trainer and run folder for one phase of training (train, resume or finetune)."""
-
-    def __init__(self, model: Any, cfg: TrainConfig, classes: Sequence[str], splits: Splits, root: Path,
-                 mhash: str, *, epoch_offset: int = 0, history: Sequence[dict] = (), baseline: bool = False,
-                 baseline_epoch: int | None = None, callbacks: Sequence[Callable[..., None]] = (),
-                 run_config: TrainConfig | None = None, prior_augmentation: dict[str, Any] | None = None):
-        self.model = model
-        self.run_config = run_config  # the whole run's configuration when this session is its frozen warm-up
-        self.prior_augmentation = prior_augmentation  # the parent model's (finetune)
-        self.cfg = cfg
-        self.classes = list(classes)
-        self.splits = splits
-        self.root = root
-        self.mhash = mhash
-        self.epoch_offset = epoch_offset
-        self.history = list(history)
-        self.baseline = baseline
-        self.baseline_epoch = baseline_epoch
-        self.callbacks = list(callbacks)
-        self.dist = join_process_group(cfg.device)
-        self.device = distributed.rank_device(resolve_device(cfg.device))
-        self.is_main = self.dist.is_main
-        self.run: RunDir | None = None
-        self.ddp: Any = None
-        self.stop_signal: int | None = None  # SIGTERM stopped the run
-        self._last_write: float | None = None  # time.monotonic() of the last best-model/checkpoint write
-        self._pending_model: dict[str, Any] | None = None  # extra metadata of a better epoch not yet written
-        self._pending_checkpoint: Any = None  # payload of an epoch's checkpoint not yet written
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        if self.device.type == "cpu":
-            from imgcls.memory import keep_freed_memory
-
-            keep_freed_memory()  # no page faults per batch (see imgcls.memory)
-        if self.device.type == "cuda":
-            # Fixed input sizes: let cuDNN pick the fastest convolution algorithms once.
-            torch.backends.cudnn.benchmark = True
-
-    def prepare(self) -> Trainer | None:
-        """Decode images, build feeders (or cached features) and the trainer. No files are written yet."""
-        from imgcls.cache import resolve_cache_dir
-        from imgcls.training.augment import preset
-        from imgcls.training.loop import Precision
-        from imgcls.training.progress import EpochReporter
-
-        cfg, device, model = self.cfg, self.device, self.model
-        index = {c: i for i, c in enumerate(self.classes)}
-        cache_dir = resolve_cache_dir(cfg.cache_dir, enabled=cfg.cache)
-        augment = preset(cfg.augment, cfg.flip)
-        self.closed_form = closed_form_head(cfg)
-        channels_last = cfg.channels_last and device.type == "cuda"
-        views = self._feature_views(augment)
-        store = None
-        if views is not None:  # the digest reads the weights where they are now (before a copy to the GPU)
-            from imgcls.training.features import FeatureStore
-
-            store = FeatureStore(model, cfg, device, Precision(device, cfg.amp).label, cache_dir, channels_last)
-        model.to(device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        forward = None
-        if views is None:
-            train_set, val_set = self._load_sets(index, cache_dir)
-            train_feed: Any = Feeder(train_set, cfg.batch_size, device, cfg.mean, cfg.std, augment, cfg.workers,
-                                     channels_last)
-            val_feed: Any = Feeder(val_set, max(cfg.batch_size, 256), device, cfg.mean, cfg.std, None, cfg.workers,
-                                   channels_last)
-        else:
-            # Frozen backbone: its output never changes, so compute it once per image (and view)
-            # and train the head on the features (the model file still holds backbone + head).
-            assert store is not None
-            train_feed, val_feed = self._feature_feeds(store, views, augment, index, cache_dir, channels_last)
-            if self.closed_form:  # fit in one step in finish(): no optimiser, no epochs
-                self.train_feed, self.val_feed, self.trainer = train_feed, val_feed, None
-                return None
-
-            def forward(m: Any, x: torch.Tensor) -> torch.Tensor:
-                return m.head(x)
-
-        train_labels = self._labels(self.splits.train, index)
-        weights = class_weights_for(train_labels, len(self.classes)) if cfg.class_weights == "auto" else None
-        last_epoch = self.epoch_offset + cfg.epochs
-        self.trainer = Trainer(model, cfg, train_feed, val_feed, device, forward=forward, class_weights=weights,
-                               epoch_offset=self.epoch_offset, history=self.history,
-                               reporter=EpochReporter(last_epoch), baseline=self.baseline,
-                               baseline_epoch=self.baseline_epoch)
-        if hasattr(train_feed, "epochs_done"):  # augmented views: the epoch picks the view
-            train_feed.epochs_done = lambda: self.trainer.state.epoch
-        if self.dist.enabled:
-            # DDP wraps what the training step runs: the whole model, or the head alone on cached features.
-            # The trainer keeps the bare model: saved files are the same as a single process's.
-            ddp = self.ddp = distributed.wrap(model.head if views is not None else model, device)
-            self.trainer.train_forward = lambda m, x: ddp(x)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        detail(f"{trainable:,} of {model.count_parameters():,} parameters train; precision {self.trainer.precision.label}")
-        return self.trainer
-
-    def _feature_views(self, augment: Any) -> list[int | None] | None:
-        """What the backbone runs on once: [None] (the plain images), views 0..K-1, or None (every step)."""
-        cfg = self.cfg
-        closed = closed_form_head(cfg)
-        if not (cfg.frozen and (cfg.feature_cache or closed)):  # a closed-form head always needs the features
-            return None
-        if closed and augment.active and not cfg.feature_views:
-            raise UsageProblem(closed_form_augment_message(cfg))
-        if cfg.mixup or cfg.cutmix:  # blended images have features of their own
-            if closed:
-                raise UsageProblem(f"--head {cfg.head} is fitted once on the images' own features: --mixup and "
-                                   f"--cutmix do not apply (use --head linear to train on blended batches)")
-            if self.is_main:
-                info("frozen backbone with --mixup/--cutmix: the backbone runs on every (blended) batch")
-            return None
-        if not augment.active:
-            if cfg.feature_views:
-                detail(f"--feature-views {cfg.feature_views}: no augmentation, so the one plain view is used")
-            return [None]
-        if cfg.feature_views:
-            return list(range(cfg.feature_views))
-        if self.is_main:
-            info(f"frozen backbone with --augment {cfg.augment}: the backbone runs on every augmented batch "
-                 f"(exact on-the-fly augmentation); --feature-views K would compute K augmented views once "
-                 f"(K backbone passes in all, cached) and train the head on them")
-        return None
-
-    @staticmethod
-    def _labels(records: Sequence[Record], index: dict[str, int]) -> torch.Tensor:
-        return torch.tensor([index[r["label"]] for r in records], dtype=torch.long)
-
-    def _load_sets(self, index: dict[str, int], cache_dir: Path | None) -> tuple[ImageSet, ImageSet]:
-        """Decode the train and val images (through the decoded-image cache) and say so."""
-        cfg, splits = self.cfg, self.splits
-        t0 = time.perf_counter()
-        with distributed.local_main_first():  # under DDP: one rank per node fills the decoded-image cache
-            train_set = ImageSet.from_records(splits.train, self.root, index, cfg.image_size, cfg.channels,
-                                              cache_dir=cache_dir)
-            val_set = ImageSet.from_records(splits.val, self.root, index, cfg.image_size, cfg.channels,
-                                            cache_dir=cache_dir)
-        info(f"{cfg.arch}: {len(train_set)} training and {len(val_set)} validation images, "
-             f"{cfg.image_size}x{cfg.image_size}x{cfg.channels}, decoded in {time.perf_counter() - t0:.1f}s; "
-             f"device {self.device.type}" + (f"; {self.dist.world_size} processes (DDP, {self.dist.backend})"
-                                             if self.dist.enabled else ""))
-        return train_set, val_set
-
-    def _feature_feeds(self, store: Any, views: list[int | None], augment: Any, index: dict[str, int],
-                       cache_dir: Path | None, channels_last: bool) -> tuple[Any, Any]:
-        """Feature feeders for the frozen backbone: from the feature cache, else one backbone pass per set and view."""
-        from imgcls.manifest import resolve_path
-        from imgcls.training.features import ViewFeatureFeeder, ViewFeeder, extraction_batch_size, view_spec
-        from imgcls.training.loop import Precision
-
-        cfg, device, splits = self.cfg, self.device, self.splits
-        t0 = time.perf_counter()
-        records = {"train": splits.train, "val": splits.val}
-        paths = {name: [resolve_path(r, self.root) for r in recs] for name, recs in records.items()}
-        shas = {name: [r.get("sha256") for r in recs] for name, recs in records.items()}
-        specs = [None if v is None else view_spec(cfg.augment, augment, cfg.seed, v) for v in views]
-        wanted: list[tuple[str, int | None, Any]] = [("val", None, store.key(paths["val"], shas["val"], None))]
-        wanted += [("train", view, store.key(paths["train"], shas["train"], spec)) for view, spec in zip(views, specs)]
-        found = {key: store.lookup(key) for _, _, key in wanted}
-        lookup_s = time.perf_counter() - t0
-        n_train, n_val = len(splits.train), len(splits.val)
-        missing = [(name, view, key) for name, view, key in wanted if found[key] is None]
-        info(f"{cfg.arch}: {n_train} training and {n_val} validation images, "
-             f"{cfg.image_size}x{cfg.image_size}x{cfg.channels}{'' if missing else ', not decoded (their features are cached)'}"
-             f"; device {device.type}"
-             + (f"; {self.dist.world_size} processes (DDP, {self.dist.backend})" if self.dist.enabled else ""))
-        amp = Precision(device, cfg.amp)
-        t0 = time.perf_counter()
-        sets: dict[str, ImageSet] = {}
-        streamed = 0
-        for name, view, key in missing:
-            batch = extraction_batch_size(device, cfg.image_size, cfg.batch_size if name == "train"
-                                          else max(cfg.batch_size, 256))
-            detail(f"{name} features{'' if view is None else f' (view {view + 1})'}: batches of {batch} images")
-            feats = None
-            if view is None and name not in sets:
-                feats = self._stream_features(paths[name], batch, amp, cache_dir, channels_last)
-                streamed += feats is not None
-            if feats is None:
-                if name not in sets:
-                    t1 = time.perf_counter()
-                    with distributed.local_main_first():  # under DDP: one rank per node fills the decoded cache
-                        sets[name] = ImageSet.from_records(records[name], self.root, index, cfg.image_size,
-                                                           cfg.channels, cache_dir=cache_dir)
-                    detail(f"{name} images decoded in {time.perf_counter() - t1:.1f}s")
-                feeder: Any = Feeder(sets[name], batch, device, cfg.mean, cfg.std,
-                                     augment if view is not None else None, 0, channels_last)
-                if view is not None:
-                    feeder = ViewFeeder(feeder, cfg.seed, view)
-                feats = _features(self.model, feeder, amp.autocast)
-            found[key] = feats
-            store.store(key, feats)
-        passes = sum(n_train if name == "train" else n_val for name, _, _ in missing)
-        if not missing:
-            what = f"read from the feature cache in {lookup_s:.1f}s (no backbone pass)"
-        else:
-            what = f"computed once in {time.perf_counter() - t0:.1f}s"
-            if streamed:
-                what += " (images decoded alongside by worker threads)"
-            if store.enabled:
-                what += " (cached for later runs)"
-            if len(missing) < len(wanted):
-                what += "; the rest read from the feature cache"
-        closed = closed_form_head(cfg)
-        if views == [None]:
-            info(f"frozen backbone: features of {n_train + n_val} images {what}; "
-                 + (f"the {cfg.head} head is fitted on them" if closed else "the epochs train the head on them"))
-        else:
-            info(f"frozen backbone: {len(views)} augmented views (--augment {cfg.augment}) of the {n_train} training "
-                 f"images and the plain {n_val} validation images {what}; "
-                 + (f"the {cfg.head} head is fitted on all views" if closed else
-                    f"epoch e trains the head on view (e - 1) mod {len(views)}"))
-        detail(f"backbone passes: {passes} images")
-        val_feed = FeatureFeeder(found[wanted[0][2]], self._labels(splits.val, index), max(cfg.batch_size, 256))
-        train_labels = self._labels(splits.train, index)
-        train_feats = [found[key] for _, _, key in wanted[1:]]
-        if views == [None]:
-            return FeatureFeeder(train_feats[0], train_labels, cfg.batch_size), val_feed
-        return ViewFeatureFeeder(train_feats, train_labels, cfg.batch_size), val_feed
-
-    def _stream_features(self, paths: list[Path], batch: int, amp: Any, cache_dir: Path | None,
-                         channels_last: bool) -> torch.Tensor | None:
-        """Plain features with decoding in worker threads beside the backbone (one pass over the files).
-
-        None when it does not apply: under DDP (the ranks split the images), with no CPU core
-        to spare, with few images, or when the decoded-image cache already holds them. The
-        decoded images go into that cache as they come (the entry is published complete, or not at all).
-        """
-        from imgcls.cache import EntryWriter, decoded_key
-        from imgcls.training import features
-        from imgcls.training.features import StreamFeeder, decoded_batches, overlap_workers
-
-        cfg, device = self.cfg, self.device
-        workers = overlap_workers(device)
-        if self.dist.enabled or workers < 1 or len(paths) < features.STREAM_MIN_IMAGES:
-            return None
-        key = decoded_key(paths, cfg.image_size, cfg.channels)
-        if cache_dir is not None and (cache_dir / "decoded" / f"{key}.npy").exists():
-            return None
-        writer = None
-        if cache_dir is not None:
-            try:
-                writer = EntryWriter(cache_dir, "decoded", key, (len(paths), cfg.image_size, cfg.image_size,
-                                                                 cfg.channels))
-            except OSError as exc:
-                detail(f"cannot write cache entry in {cache_dir / 'decoded'}: {exc}")
-
-        def keep(array: Any) -> None:
-            nonlocal writer
-            if writer is not None:
-                try:
-                    writer.append(array)
-                except OSError as exc:
-                    detail(f"cannot write cache entry in {writer.folder}: {exc}")
-                    writer.discard()
-                    writer = None
-
-        detail(f"decoding with {workers} thread{'s' if workers > 1 else ''} while the backbone runs")
-        try:
-            feeder = StreamFeeder(decoded_batches(paths, cfg.image_size, cfg.channels, batch, workers), len(paths),
-                                  device, cfg.mean, cfg.std, channels_last, on_batch=keep)
-            feats = extract_features(self.model, feeder, amp.autocast)
-            if writer is not None:
-                try:
-                    writer.commit()
-                except OSError as exc:
-                    detail(f"cannot write cache entry in {writer.folder}: {exc}")
-            return feats
-        finally:
-            if writer is not None:
-                writer.discard()
-
-    def start(self, run: RunDir) -> None:
-        """Attach the run folder: the trainer saves the best model, history and checkpoint into it."""
-        self.run = run
-        trainer = self.trainer
-        if trainer is None:  # a closed-form head: finish() writes the run folder at once
-            return
-        if not self.is_main:  # rank 0 alone writes the run folder
-            trainer.on_best = None
-            trainer.on_epoch = list(self.callbacks)
-            return
-        trainer.on_best = self._on_best
-        trainer.on_epoch = [self._after_epoch, *self.callbacks]
-
-    # -- writing the run folder: best model and checkpoint, at most every --save-interval seconds --
-
-    def _on_best(self, model: Any, state: Any) -> None:
-        """A better epoch: its weights are the trainer's ``best_state``; the file follows at the next write."""
-        self._pending_model = {"best_epoch": state.best_epoch}
-        if state.history and state.history[-1].get("weights") == "ema":
-            self._pending_model["weights"] = "ema"
-
-    def _after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        """History every epoch; best model and checkpoint now when due, else kept in memory until they are.
-
-        Due: after the first epoch of the session, then once ``save_interval`` seconds have
-        passed since the last write (0: every epoch). The end of the run, early stopping,
-        Ctrl-C, SIGTERM and errors write whatever is pending (:meth:`_flush`).
-        """
-        assert self.run is not None
-        self.run.write_history(trainer.state.history)
-        interval = self.cfg.save_interval
-        now = time.monotonic()
-        if self._last_write is None or interval <= 0 or now - self._last_write >= interval:
-            self._pending_checkpoint = self._checkpoint_payload(copy=False) if self.cfg.checkpoint else None
-            self._flush()
-            self._last_write = time.monotonic()
-        elif self.cfg.checkpoint:
-            self._pending_checkpoint = self._checkpoint_payload(copy=True)
-
-    def _checkpoint_payload(self, copy: bool) -> Any:
-        from imgcls.training.checkpoint import checkpoint_payload
-
-        trainer = self.trainer
-        assert trainer is not None
-        state = trainer.checkpoint_state()
-        state.update(classes=self.classes, manifest_hash=self.mhash)
-        if self.run_config is not None:
-            state["run_config"] = self.run_config.to_dict()
-        extra = None
-        if trainer.ema is not None:
-            from imgcls.training.ema import ema_state
-
-            extra = {f"ema.{k}": v for k, v in ema_state(trainer.ema).items()}
-        return checkpoint_payload(model=trainer.model, optimizer=trainer.optimizer, scheduler=trainer.scheduler,
-                                  scaler=trainer.precision.scaler, generator=trainer.generator, state=state, copy=copy,
-                                  extra=extra)
-
-    def _flush(self, model: bool = True) -> None:
-        """Write the pending best model (unless ``model`` is False: a final one follows), then the checkpoint."""
-        from imgcls.training.checkpoint import write_checkpoint
-
-        assert self.run is not None
-        if (self._pending_model is not None and model and self.trainer is not None
-                and self.trainer.best_state is not None):
-            self.save_model(extra=self._pending_model, state=self.trainer.best_state)
-        self._pending_model = None
-        if self._pending_checkpoint is not None:
-            write_checkpoint(self.run.checkpoint_path, self._pending_checkpoint)
-            self._pending_checkpoint = None
-
-    def save_model(self, extra: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
-        """Write model.safetensors from the model, or from ``state`` (a snapshot of its state dict)."""
-        from imgcls.models.io import save_model
-
-        assert self.run is not None
-        source = self.model if state is None else _Snapshot(state, self.model)
-        return save_model(self.run.model_path, source,
-                          model_info(self.cfg, self.classes, self.mhash, extra, self.prior_augmentation))
-
-    def _fit(self) -> FitResult:
-        """The trainer's fit; SIGTERM (a scheduler, ``timeout``) stops it like Ctrl-C in a single process."""
-        import signal
-        import threading
-
-        trainer = self.trainer
-        assert trainer is not None
-        handled = (not self.dist.enabled and threading.current_thread() is threading.main_thread()
-                   and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
-        if not handled:
-            return trainer.fit()
-
-        def on_sigterm(signum: int, frame: Any) -> None:
-            self.stop_signal = signum
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-        try:
-            return trainer.fit()
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    def finish(self) -> RunResult:
-        """Fit, then restore the best weights and write the final files. Cleans up a run that never got a model."""
-        assert self.run is not None
-        if self.trainer is None:
-            return self._finish_closed_form()
-        trainer, run = self.trainer, self.run
-        try:
-            result = self._fit()
-        except BaseException:
-            if self.is_main:
-                try:  # what was reached before the error stays usable, as if written every epoch
-                    self._flush()
-                except Exception as exc:  # noqa: BLE001 - the original error matters more
-                    detail(f"could not write the pending model/checkpoint: {exc}")
-                run.remove_if_unused()
-            raise
-        if distributed.debug_shards_enabled():
-            distributed.write_debug_shards(trainer.seen, trainer.model)
-        if not self.is_main:
-            # Same weights as rank 0 (DDP); the files are rank 0's, named as rank 0 names them.
-            if trainer.best_state is not None and not result.interrupted:
-                trainer.restore_best()
-            return RunResult(run.path, run.model_path if trainer.best_state is not None else None, result,
-                             self.cfg, self.classes, self.stop_signal)
-        final = trainer.best_state is not None and not result.interrupted
-        if final:
-            trainer.restore_best()
-            extra: dict[str, Any] = {"best_epoch": result.best_epoch, "epochs_run": self.epoch_offset + result.epochs_run,
-                     "stopped_early": result.stopped_early,
-                     "val_loss": result.best_val_loss if math.isfinite(result.best_val_loss) else None}
-            best = [h for h in result.history if h["epoch"] == result.best_epoch]
-            if best:
-                extra["val_acc"] = best[-1]["val_acc"]
-                if best[-1].get("weights") == "ema":  # the moving average validated better than the live weights
-                    extra["val_acc"] = best[-1]["ema_val_acc"]
-                    extra["weights"] = "ema"
-            self.save_model(extra=extra)
-        # The model before the checkpoint: a checkpoint saying "done" never sits beside an older model.
-        self._flush(model=not final)
-        if result.history:
-            run.write_history(result.history)
-            try:
-                run.write_plot(result.history)
-            except Exception as exc:  # noqa: BLE001 - a plot is never worth failing a run for
-                detail(f"no learning-curve plot: {exc}")
-        if not run.model_path.exists():
-            run.remove_if_unused()
-            return RunResult(run.path, None, result, self.cfg, self.classes, self.stop_signal)
-        run.update_latest()
-        return RunResult(run.path, run.model_path, result, self.cfg, self.classes, self.stop_signal)
-
-    def _finish_closed_form(self) -> RunResult:
-        """Fit a logreg/ncm head on the cached features, then write the model, a one-line history and the plot.
-
-        The history line is epoch 1 of the run (one fit, the best and only "epoch"), with the
-        train and val loss/accuracy of the fitted head, so eval --report's learning curves,
-        finetune's epoch numbering and the best-epoch metadata read it like any other run.
-        """
-        import numpy as np
-
-        from imgcls.models.heads import FITTERS
-
-        assert self.run is not None
-        cfg, run, model = self.cfg, self.run, self.model
-        try:
-            t0 = time.perf_counter()
-            views = list(getattr(self.train_feed, "views", None) or [self.train_feed.features])
-            labels = self.train_feed.labels
-            n = len(labels)
-            x = torch.cat([v.float().cpu() for v in views]).numpy()
-            y = labels.cpu().repeat(len(views)).numpy()
-            groups = np.tile(np.arange(n), len(views))
-            val = (self.val_feed.features.float().cpu().numpy(), self.val_feed.labels.cpu().numpy())
-            head = cfg.head
-            assert head is not None  # a closed-form head (logreg, ncm)
-            with _fit_progress(head) as progress, self._sigterm_stops():
-                fit = FITTERS[head](x, y, len(self.classes), val=val, groups=groups,
-                                        class_weight=cfg.class_weights, seed=cfg.seed, progress=progress)
-            linear = model.head[1]
-            with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(fit.weight))
-                linear.bias.copy_(torch.from_numpy(fit.bias))
-            train_loss, train_acc = _head_scores(model, torch.cat(views), labels.repeat(len(views)))
-            val_loss, val_acc = _head_scores(model, self.val_feed.features, self.val_feed.labels)
-            record = {"epoch": 1, "phase": cfg.phase, "head": cfg.head,
-                      "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
-                      "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6), "lr": None,
-                      "seconds": round(time.perf_counter() - t0, 3), "best": True}
-            record.update({k: v for k, v in fit.info.items() if k in ("C", "selection", "temperature")})
-            how = (f"C={fit.info['C']:.3g} chosen by {fit.info['selection']} log-loss" if cfg.head == "logreg"
-                   else f"temperature {fit.info['temperature']:.3g} fitted on the val split")
-            info(f"{cfg.head} head fitted on {len(x)} feature vectors in {record['seconds']:.1f}s ({how}): "
-                 f"train loss {train_loss:.4f} acc {train_acc:.3f}, val loss {val_loss:.4f} acc {val_acc:.3f}")
-            history = [*self.history, record]
-            fit_result = FitResult(history=history, best_epoch=1, best_val_loss=val_loss, epochs_run=1)
-            if self.is_main:
-                self.save_model(extra={"best_epoch": 1, "epochs_run": 1, "stopped_early": False,
-                                       "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6),
-                                       "head_fit": fit.info})
-                run.write_history(history)
-                try:
-                    run.write_plot(history)
-                except Exception as exc:  # noqa: BLE001 - a plot is never worth failing a run for
-                    detail(f"no learning-curve plot: {exc}")
-                run.update_latest()
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM during the fit: no model, no run folder left behind
-            if self.is_main:
-                run.remove_if_unused()
-            return RunResult(run.path, None, FitResult(history=[], interrupted=True), cfg, self.classes,
-                             self.stop_signal)
-        except BaseException:
-            if self.is_main:
-                run.remove_if_unused()
-            raise
-        return RunResult(run.path, run.model_path, fit_result, cfg, self.classes, self.stop_signal)
-
-    @contextlib.contextmanager
-    def _sigterm_stops(self) -> Iterator[None]:
-        """SIGTERM raises KeyboardInterrupt (as in :meth:`_fit`), so a stopped fit ends like Ctrl-C."""
-        import signal
-        import threading
-
-        handled = (not self.dist.enabled and threading.current_thread() is threading.main_thread()
-                   and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
-        if not handled:
-            yield
-            return
-
-        def on_sigterm(signum: int, frame: Any) -> None:
-            self.stop_signal = signum
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def closed_form_head(cfg: TrainConfig) -> bool:
-    from imgcls.models.heads import CLOSED_FORM_HEADS
-
-    return cfg.frozen and cfg.head in CLOSED_FORM_HEADS
-
-
-def closed_form_augment_message(cfg: TrainConfig) -> str:
-    return (f"--head {cfg.head} is fitted once on features computed once: with --augment {cfg.augment} add "
-            f"--feature-views K (K augmented views of each training image, cached), or use --head linear "
-            f"(trained by SGD on freshly augmented batches)")
-
-
-@torch.no_grad()
-def _head_scores(model: Any, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """Cross-entropy and accuracy of the model's head on features (eval mode: no dropout)."""
-    was = model.training
-    model.eval()
-    try:
-        logits = model.head(features.float().to(next(model.head.parameters()).device))
-        labels = labels.to(logits.device)
-        loss = float(torch.nn.functional.cross_entropy(logits, labels))
-        acc = float((logits.argmax(1) == labels).float().mean())
-    finally:
-        model.train(was)
-    return loss, acc
-
-
-class _fit_progress:
-    """What a closed-form fit is doing: a transient status line in a terminal, -v detail lines otherwise."""
-
-    def __init__(self, head: str):
-        self.head = head
-        self.status: Any = None
-
-    def __enter__(self) -> Callable[[str], None]:
-        from imgcls.console import get_console, is_interactive, settings
-
-        if is_interactive() and settings.verbosity >= 0:
-            self.status = get_console().status(f"fitting the {self.head} head")
-            self.status.start()
-
-        def progress(message: str) -> None:
-            detail(message)
-            if self.status is not None:
-                from rich.markup import escape
-
-                self.status.update(escape(message))
-
-        return progress
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.status is not None:
-            self.status.stop()
-
-
-class _Snapshot:
-    """A model's state-dict snapshot where save_model expects the model (a best model written later)."""
-
-    def __init__(self, state: dict[str, torch.Tensor], model: Any):
-        self._state = state
-        self.trainable_blocks = getattr(model, "trainable_blocks", None)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._state
-
 
 def _write_manifest_copy(run: RunDir, header: Header, records: Sequence[Record], root: Path) -> None:
     """The data the run used, for --resume; relative paths keep resolving (root made explicit)."""
@@ -880,8 +236,8 @@ def _unfrozen_phase(model: Any, cfg: TrainConfig, classes: Sequence[str], splits
     """After the warm-up, in the same run folder: every block trains, starting from the warm-up's best weights."""
     model.set_trainable_blocks(cfg.trainable_blocks)
     offset = max((int(h["epoch"]) for h in warm.fit.history), default=0)
-    session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, history=warm.fit.history,
-                      baseline=True, baseline_epoch=warm.fit.best_epoch, callbacks=callbacks)
+    start = StartPoint(offset, warm.fit.history, baseline=True, baseline_epoch=warm.fit.best_epoch)
+    session = Session(model, cfg, classes, splits, root, mhash, start_point=start, callbacks=callbacks)
     session.prepare()
     session.start(run)
     info(f"warm-up done (best epoch {warm.fit.best_epoch}); unfreezing: every block trains from here")
@@ -911,6 +267,9 @@ def find_lr(header: Header, records: Sequence[Record], root: Path, cfg: TrainCon
     sweep_cfg = replace(sweep_cfg, schedule="none", ema=0.0, precise_bn=0, checkpoint=False)
     session = Session(model, sweep_cfg, classes, splits, root, manifest_hash(header, records))
     trainer = session.prepare()
+    if trainer is None:  # a closed-form head: nothing is trained at a rate
+        raise UsageProblem(f"--find-lr sweeps the SGD learning rate: the {sweep_cfg.head} head is fitted in one "
+                           f"step and has none (use --head linear to train the head by SGD)")
     n = steps or lr_find.STEPS
     reporter = EpochReporter(1)
     with reporter.epoch(1, n) as advance:
@@ -981,7 +340,7 @@ def resume(run_path: str | Path, *, header: Header | None = None, records: Seque
     # The checkpoint's weights before prepare(): frozen-backbone features are computed from them.
     ckpt.load_model_state(model)
     offset = int(meta.get("epoch_offset", 0))
-    session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, callbacks=callbacks,
+    session = Session(model, cfg, classes, splits, root, mhash, start_point=StartPoint(offset), callbacks=callbacks,
                       run_config=run_cfg, prior_augmentation=_parent_augmentation(cfg.parent))
     trainer = session.prepare()
     assert trainer is not None  # a run with a checkpoint trains by SGD (heads fitted in one step write none)
@@ -1087,9 +446,10 @@ def finetune(header: Header, records: Sequence[Record], root: Path, model_path: 
         h.setdefault("phase", "train")
     mhash = manifest_hash(header, records)
     parent_best = minfo.extra.get("best_epoch")  # the starting weights are the parent's best epoch
-    session = Session(model, cfg, classes, splits, root, mhash, epoch_offset=offset, history=history,
-                      baseline=True, baseline_epoch=parent_best if isinstance(parent_best, int) else offset,
-                      callbacks=callbacks, prior_augmentation=_augmentation_of(minfo))
+    start = StartPoint(offset, history, baseline=True,
+                       baseline_epoch=parent_best if isinstance(parent_best, int) else offset)
+    session = Session(model, cfg, classes, splits, root, mhash, start_point=start, callbacks=callbacks,
+                      prior_augmentation=_augmentation_of(minfo))
     session.prepare()
     run = _create_run(out, f"{cfg.arch}-finetune", header, records, root)
     session.start(run)
