@@ -143,6 +143,7 @@ def tie_to_parent(parent_pid: int) -> None:
 def terminate_workers(pool: Any) -> None:
     """Stop a ProcessPoolExecutor's workers now (queued work is dropped; nothing waits for running work)."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)  # shutdown(wait=False) forgets it
     try:
         pool.shutdown(wait=False, cancel_futures=True)
     except Exception:  # noqa: BLE001 - best effort on the way out
@@ -155,24 +156,39 @@ def terminate_workers(pool: Any) -> None:
             process.join(timeout=5)
             if process.is_alive():
                 process.kill()
+    if manager is not None:  # it notices the dead workers and ends; until then it may write to their pipes
+        with contextlib.suppress(Exception):
+            manager.join(timeout=5)
+
+
+def _ignore_sigpipe() -> Any:
+    """Ignore SIGPIPE (main thread only); return what to restore, or None."""
+    if not hasattr(signal, "SIGPIPE") or threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGPIPE)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    return previous if previous is not None else signal.SIG_DFL
 
 
 @contextlib.contextmanager
 def worker_pool(max_workers: int) -> Iterator[Any]:
     """A ProcessPoolExecutor whose workers die with this process; an error or signal stops them at once.
 
-    While it runs, SIGPIPE is ignored (:func:`pipe_errors`): the executor's thread writes to its
-    workers' pipes, and a worker that has just died (terminated on SIGTERM, killed for memory)
-    must give a BrokenProcessPool, not kill this process with SIGPIPE before it can clean up.
+    SIGPIPE is ignored while it runs: the executor's threads write to the workers' pipes, and a
+    worker that has just died (terminated on SIGTERM, killed for memory) must give a
+    BrokenProcessPool, not kill this process with SIGPIPE before it can clean up. After an error
+    or a signal it stays ignored (the process is on its way out, and those threads may outlive
+    the pool by a moment); a closed stdout then ends as BrokenPipeError (exit 141).
     """
     from concurrent.futures import ProcessPoolExecutor
 
-    with pipe_errors():
-        pool = ProcessPoolExecutor(max_workers=max_workers, initializer=tie_to_parent, initargs=(os.getpid(),))
-        try:
-            yield pool
-        except BaseException:
-            terminate_workers(pool)
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+    previous = _ignore_sigpipe()
+    pool = ProcessPoolExecutor(max_workers=max_workers, initializer=tie_to_parent, initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BaseException:
+        terminate_workers(pool)
+        raise
+    pool.shutdown(wait=True, cancel_futures=True)
+    if previous is not None:
+        signal.signal(signal.SIGPIPE, previous)
