@@ -102,18 +102,24 @@ def received() -> int | None:
     return _received[0] if _received else None
 
 
+def _ignore_sigpipe() -> Any:
+    """Ignore SIGPIPE (main thread only); return what to restore, or None."""
+    if not hasattr(signal, "SIGPIPE") or threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGPIPE)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    return previous if previous is not None else signal.SIG_DFL
+
+
 @contextlib.contextmanager
 def pipe_errors() -> Iterator[None]:
     """Inside: writing to a closed pipe raises BrokenPipeError instead of killing the process."""
-    if not hasattr(signal, "SIGPIPE") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGPIPE)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    previous = _ignore_sigpipe()
     try:
         yield
     finally:
-        signal.signal(signal.SIGPIPE, previous if previous is not None else signal.SIG_DFL)
+        if previous is not None:
+            signal.signal(signal.SIGPIPE, previous)
 
 
 # -- worker processes ---------------------------------------------------------------------
@@ -159,15 +165,6 @@ def terminate_workers(pool: Any) -> None:
     if manager is not None:  # it notices the dead workers and ends; until then it may write to their pipes
         with contextlib.suppress(Exception):
             manager.join(timeout=5)
-
-
-def _ignore_sigpipe() -> Any:
-    """Ignore SIGPIPE (main thread only); return what to restore, or None."""
-    if not hasattr(signal, "SIGPIPE") or threading.current_thread() is not threading.main_thread():
-        return None
-    previous = signal.getsignal(signal.SIGPIPE)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    return previous if previous is not None else signal.SIG_DFL
 
 
 @contextlib.contextmanager
