@@ -34,17 +34,10 @@ class Embedding:
     model_manifest_hash: str | None = None
 
 
-def _pretrained(arch: str, weights: str | None, weights_name: str | None, use_torchvision: bool):
-    from imgcls.models import weights as w
-
-    return w.resolve_pretrained(arch, pretrained=use_torchvision, weights_file=weights, progress=False,
-                                weights_name=weights_name)
-
-
 def _backbone(cfg: Any, records: Sequence[Record], root: Path, n_classes: int):
     """(model, TrainConfig with resolved geometry and normalisation, weights description)."""
     from imgcls.models.registry import get_model, get_spec
-    from imgcls.models.weights import load_backbone_state
+    from imgcls.models.weights import load_backbone_state, resolve_pretrained
     from imgcls.training.config import TrainConfig
     from imgcls.training.run import resolve_geometry, resolve_normalisation
 
@@ -55,7 +48,8 @@ def _backbone(cfg: Any, records: Sequence[Record], root: Path, n_classes: int):
     use_torchvision = spec.pretrainable and cfg.weights is None and cfg.pretrained is not False
     tcfg = TrainConfig(arch=cfg.arch, image_size=cfg.image_size, channels=0)
     image_size, channels = resolve_geometry(tcfg, spec, list(records), root)
-    pre = _pretrained(cfg.arch, cfg.weights, cfg.weights_name, use_torchvision)
+    pre = resolve_pretrained(cfg.arch, pretrained=use_torchvision, weights_file=cfg.weights, progress=False,
+                             weights_name=cfg.weights_name)
     if pre is None:
         warn(f"{cfg.arch} without pretrained weights: the audit runs on a randomly initialised backbone; its "
              f"findings mean little (pass --weights FILE, or --model FILE for a trained imgcls model)")
